@@ -1,0 +1,168 @@
+"""
+Typed errors raised by the Care360 provider.
+
+Every error is a :class:`Care360Error`. Each class stands for one outcome of a booking attempt,
+and its place in the hierarchy decides what Airflow does with the task:
+
+========================================  ==========  =======================================
+class                                     outcome     task
+========================================  ==========  =======================================
+:class:`Care360ValidationError`           rejected    fails at once (``AirflowFailException``)
+:class:`Care360BadRequestError`           rejected    fails at once
+:class:`Care360AuthError`                 rejected    fails at once
+:class:`Care360RateLimitError`            throttled   retried by Airflow
+:class:`Care360NotSentError`              not sent    retried by Airflow
+:class:`Care360AmbiguousError`            ambiguous   fails at once (booking may exist)
+:class:`Care360AmbiguousRetryableError`   ambiguous   retried (``retry_on_ambiguous=True``)
+========================================  ==========  =======================================
+
+A booking request is not idempotent, so "ambiguous" (the request may have reached Care360) must
+never be retried blindly: a retry could book the invitee twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+__all__ = [
+    "Care360AmbiguousError",
+    "Care360AmbiguousRetryableError",
+    "Care360AuthError",
+    "Care360BadRequestError",
+    "Care360ConnectionConfigError",
+    "Care360Error",
+    "Care360NotSentError",
+    "Care360RateLimitError",
+    "Care360RejectedError",
+    "Care360ValidationError",
+    "Outcome",
+]
+
+
+class Outcome(str, enum.Enum):
+    """What happened to a booking attempt, as far as the client can know."""
+
+    BOOKED = "booked"
+    REJECTED = "rejected"
+    THROTTLED = "throttled"
+    NOT_SENT = "not_sent"
+    AMBIGUOUS = "ambiguous"
+
+
+class Care360Error(AirflowException):
+    """
+    Base class of every error raised by this provider.
+
+    :param message: the text a person reads in the task log.
+    :param status_code: the HTTP status of the response, if there was one.
+    :param api_message: the API's ``message`` field, if the body had one.
+    :param api_error: the API's ``error`` field, if the body had one.
+    :param retry_after: seconds the API asked the client to wait, if it said.
+    """
+
+    outcome: ClassVar[Outcome]
+    booking_may_exist: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        api_message: str | None = None,
+        api_error: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.api_message = api_message
+        self.api_error = api_error
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status_code={self.status_code!r})"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Keep keyword-only fields when the error crosses a process boundary (pickle).
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[Care360Error], message: str, state: dict[str, object]) -> Care360Error:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class Care360RejectedError(AirflowFailException, Care360Error):
+    """The request was refused and retrying it cannot help; nothing was booked."""
+
+    outcome = Outcome.REJECTED
+
+
+class Care360ValidationError(Care360RejectedError):
+    """
+    The booking fields failed validation before any request was sent.
+
+    :param problems: one line per bad field, each naming the field, the value (masked where it is
+        personal data) and what is allowed.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"Care360 booking not sent: {len(self.problems)} invalid field(s). Nothing was booked; "
+            f"fix the input and run the task again.\n{lines}"
+        )
+
+
+class Care360ConnectionConfigError(Care360RejectedError):
+    """The Airflow connection is unusable (no API key, unknown environment, malformed host)."""
+
+
+class Care360BadRequestError(Care360RejectedError):
+    """Care360 rejected the request (400, 403, 404, 422 or a 200 with ``success: false``)."""
+
+
+class Care360AuthError(Care360RejectedError):
+    """Care360 rejected the API key (401)."""
+
+
+class Care360RateLimitError(Care360Error):
+    """Care360 answered 429: nothing was booked, and a later try may succeed."""
+
+    outcome = Outcome.THROTTLED
+
+
+class Care360NotSentError(Care360Error):
+    """The request never reached Care360 (DNS, refused connection, connect timeout, 503)."""
+
+    outcome = Outcome.NOT_SENT
+
+
+class Care360AmbiguousRetryableError(Care360Error):
+    """
+    The request may have reached Care360, and the task was told to retry anyway.
+
+    Raised instead of :class:`Care360AmbiguousError` by an operator created with
+    ``retry_on_ambiguous=True``. A retry may book the invitee a second time.
+    """
+
+    outcome = Outcome.AMBIGUOUS
+    booking_may_exist = True
+
+
+class Care360AmbiguousError(AirflowFailException, Care360AmbiguousRetryableError):
+    """
+    The request may have reached Care360, so the booking may or may not exist.
+
+    The task fails at once rather than risk booking the invitee twice. Check the provider's
+    calendar (or Care360) for the invitee before running the task again.
+    """

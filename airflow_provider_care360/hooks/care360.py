@@ -1,0 +1,369 @@
+"""Hook for the Care360 API."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.providers.common.compat.sdk import BaseHook
+
+from airflow_provider_care360 import __version__
+from airflow_provider_care360._responses import parse_response, safe_snippet
+from airflow_provider_care360.exceptions import (
+    Care360AmbiguousError,
+    Care360ConnectionConfigError,
+    Care360Error,
+    Care360NotSentError,
+)
+from airflow_provider_care360.validation import build_booking_payload
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["DEFAULT_TIMEOUT", "ENVIRONMENTS", "Care360Hook"]
+
+#: Base URL of each Care360 environment.
+ENVIRONMENTS: dict[str, str] = {
+    "production": "https://api.care360-next.carevalidate.com",
+    "staging": "https://api-staging.care360-next.carevalidate.com",
+}
+#: (connect, read) timeout in seconds for every request.
+DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+
+APPOINTMENTS_PATH = "/api/v1/calendar/appointments"
+AVAILABILITY_PATH = "/api/v1/calendar/provider-availability"
+MAX_BODY_BYTES = 1 << 20  # a booking answer is a few hundred bytes; more than this is not the API
+
+Timeout = float | int | str | tuple[float, float] | list[float]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What the hook needs from its connection; the key is kept out of the repr."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout: tuple[float, float]
+
+
+class _ApiKeyAuth:
+    """Adds the ``cv-api-key`` header (a ``requests`` auth callable whose repr hides the key)."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["cv-api-key"] = self._api_key
+        return request
+
+    def __repr__(self) -> str:
+        return "_ApiKeyAuth(api_key='***')"
+
+
+def _parse_timeout(value: object, where: str) -> tuple[float, float]:
+    """``30``, ``"30"`` or ``[5, 30]`` -> ``(connect, read)`` seconds."""
+    parts: list[object]
+    if isinstance(value, (list, tuple)):
+        parts = list(value)
+    elif isinstance(value, str) and "," in value:
+        parts = [p.strip() for p in value.split(",")]
+    else:
+        parts = [value, value]
+    try:
+        if len(parts) != 2 or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        connect, read = (float(p) for p in parts)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise Care360ConnectionConfigError(
+            f"{where}: timeout {value!r} is not allowed; allowed: seconds as a number, or [connect, read]"
+        ) from None
+    if not (0 < connect <= 600 and 0 < read <= 600):
+        raise Care360ConnectionConfigError(
+            f"{where}: timeout {value!r} is not allowed; allowed: more than 0 and at most 600 seconds"
+        )
+    return connect, read
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _user_agent() -> str:
+    import requests
+
+    try:
+        from airflow import __version__ as airflow_version
+    except ImportError:  # pragma: no cover - Airflow always has it
+        airflow_version = "unknown"
+    return (
+        f"airflow-provider-care360/{__version__} apache-airflow/{airflow_version} "
+        f"python-requests/{requests.__version__}"
+    )
+
+
+class Care360Hook(BaseHook):
+    """
+    Talks to the Care360 API with the API key of an Airflow connection.
+
+    The connection (type ``care360``) holds the API key in its **password**. ``extra.environment``
+    is ``production`` (default) or ``staging``; a non-empty **host** (a full URL such as
+    ``http://127.0.0.1:8360``) overrides both, e.g. to point at the local simulator.
+    ``extra.timeout`` sets the request timeout in seconds, one number or ``[connect, read]``.
+    The key is only sent over ``https``, or plain ``http`` to a loopback host, unless
+    ``extra.allow_insecure_http`` is ``true``.
+
+    :param care360_conn_id: the Airflow connection to use.
+    :param timeout: request timeout in seconds (one number or ``(connect, read)``); overrides the
+        connection's ``extra.timeout``; default ``(10, 30)``.
+    """
+
+    conn_name_attr = "care360_conn_id"
+    default_conn_name = "care360_default"
+    conn_type = "care360"
+    hook_name = "Care360"
+
+    def __init__(
+        self,
+        care360_conn_id: str = default_conn_name,
+        *,
+        timeout: Timeout | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.care360_conn_id = care360_conn_id
+        self._timeout_arg = timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(care360_conn_id={self.care360_conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel the connection form for Care360 (Airflow UI)."""
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"password": "API Key", "host": "Base URL override (optional)"},
+            "placeholders": {
+                "host": "http://127.0.0.1:8360 (leave empty to use extra.environment)",
+                "extra": '{"environment": "production", "timeout": 30}',
+            },
+        }
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> _Settings:
+        """Base URL, key and timeout, read from the connection once per hook."""
+        where = f"Care360 connection {self.care360_conn_id!r}"
+        conn = self.get_connection(self.care360_conn_id)
+        extra = conn.extra_dejson if conn.extra else {}
+
+        api_key = (conn.password or "").strip()
+        if not api_key:
+            raise Care360ConnectionConfigError(f"{where} has no API key: set its password to the API key.")
+
+        host = (conn.host or "").strip()
+        if host:
+            base_url = self._base_url_from_host(host, conn.schema, conn.port, where)
+        else:
+            environment = str(extra.get("environment") or "production").strip().lower()
+            if environment not in ENVIRONMENTS:
+                raise Care360ConnectionConfigError(
+                    f"{where}: extra.environment {extra.get('environment')!r} is not allowed; allowed: "
+                    f"{', '.join(ENVIRONMENTS)}, or set host to a base URL."
+                )
+            base_url = ENVIRONMENTS[environment]
+
+        scheme_host = urlsplit(base_url)
+        insecure_ok = str(extra.get("allow_insecure_http", "")).strip().lower() in ("true", "1", "yes")
+        if scheme_host.scheme == "http" and not _is_loopback(scheme_host.hostname or "") and not insecure_ok:
+            raise Care360ConnectionConfigError(
+                f"{where}: refusing to send the API key over plain http to {scheme_host.hostname!r}. "
+                "Use https, or set extra.allow_insecure_http to true if the network path is trusted."
+            )
+
+        if self._timeout_arg is not None:
+            timeout = _parse_timeout(self._timeout_arg, f"Care360Hook({self.care360_conn_id!r})")
+        elif extra.get("timeout") not in (None, ""):
+            timeout = _parse_timeout(extra["timeout"], where)
+        else:
+            timeout = DEFAULT_TIMEOUT
+        return _Settings(base_url=base_url, api_key=api_key, timeout=timeout)
+
+    @staticmethod
+    def _base_url_from_host(host: str, schema: str | None, port: int | None, where: str) -> str:
+        if "://" not in host:
+            host = f"{(schema or 'https').strip()}://{host}"
+        bad = f"{where}: host {host!r} is not allowed; allowed: a base URL such as https://api.example.com"
+        try:
+            parts = urlsplit(host)
+            parsed_port = parts.port
+        except ValueError:
+            raise Care360ConnectionConfigError(bad) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise Care360ConnectionConfigError(bad)
+        if "@" in parts.netloc:
+            raise Care360ConnectionConfigError(f"{bad} (no credentials in the URL; the key is the password)")
+        netloc = parts.netloc
+        if port and parsed_port is None:
+            netloc = f"{netloc}:{port}"
+        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+    def get_conn(self) -> requests.Session:
+        """The hook's ``requests.Session`` (created once, reused for every request)."""
+        return self._session
+
+    @cached_property
+    def _session(self) -> requests.Session:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        session = requests.Session()
+        # No transport-level retries: a booking POST must never be re-sent behind our back.
+        adapter = HTTPAdapter(max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.auth = _ApiKeyAuth(self.settings.api_key)
+        session.headers.update({"User-Agent": _user_agent(), "Accept": "application/json"})
+        return session
+
+    def close(self) -> None:
+        """Close the session's pooled connections (the hook can be used again afterwards)."""
+        session = self.__dict__.pop("_session", None)
+        if session is not None:
+            session.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; map transport failures to ``NotSent`` or ``Ambiguous`` errors."""
+        import requests
+
+        settings = self.settings
+        url = settings.base_url + path
+        try:
+            response = self.get_conn().request(
+                method, url, timeout=settings.timeout, allow_redirects=False, stream=True, **kwargs
+            )
+        except requests.exceptions.InvalidURL as exc:
+            raise Care360ConnectionConfigError(
+                f"Care360 connection {self.care360_conn_id!r}: {url!r} is not a valid URL ({exc})."
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise self._transport_error(exc, settings.base_url) from None
+        try:
+            body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+        except Exception as exc:  # a reset or a broken chunk while reading the answer
+            raise Care360AmbiguousError(
+                f"The connection to Care360 at {settings.base_url} broke while reading its answer "
+                f"({type(exc).__name__}). The booking may or may not exist: check the calendar for "
+                "this invitee before running the task again."
+            ) from None
+        finally:
+            response.close()
+        if len(body) > MAX_BODY_BYTES:
+            body = b""  # far larger than any API answer: treat it as unreadable
+        return response.status_code, dict(response.headers), body
+
+    @staticmethod
+    def _transport_error(exc: Exception, base_url: str) -> Care360Error:
+        import requests
+        from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)
+        what = type(reason if isinstance(reason, Exception) else exc).__name__
+        if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)) or isinstance(
+            reason, (NewConnectionError, ConnectTimeoutError)
+        ):
+            return Care360NotSentError(
+                f"Could not reach Care360 at {base_url} ({what}): the request was not sent, nothing "
+                "was booked. Airflow will retry the task."
+            )
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            return Care360AmbiguousError(
+                f"Care360 at {base_url} did not answer in time (read timeout). The request was sent, "
+                "so the booking may or may not exist: check the calendar for this invitee before "
+                "running the task again."
+            )
+        return Care360AmbiguousError(
+            f"The connection to Care360 at {base_url} failed after the request was sent ({what}). "
+            "The booking may or may not exist: check the calendar for this invitee before running "
+            "the task again."
+        )
+
+    def schedule_appointment(
+        self,
+        *,
+        event_type_id: str,
+        start_time: str | datetime,
+        email: str,
+        timezone: str,
+        location: str,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        tracking: dict[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Book one appointment (``POST /api/v1/calendar/appointments``).
+
+        Every field is validated first; a bad field raises ``Care360ValidationError`` and nothing
+        is sent. ``start_time`` may be an ISO 8601 string or a ``datetime``: an aware value is sent
+        as UTC (``YYYY-MM-DDTHH:MM:SSZ``); a naive value is read in the invitee's ``timezone``.
+        ``tracking`` takes the API's camelCase keys or their snake_case twins. Optional fields left
+        as ``None`` are left out of the body.
+
+        :return: the API's JSON body, as a dict.
+        :raises Care360Error: a subclass per outcome; see :mod:`airflow_provider_care360.exceptions`.
+        """
+        payload = build_booking_payload(
+            event_type_id=event_type_id,
+            start_time=start_time,
+            email=email,
+            timezone=timezone,
+            location=location,
+            first_name=first_name,
+            last_name=last_name,
+            tracking=tracking,
+        )
+        return self.send_booking(payload)
+
+    def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST an already validated body (from ``build_booking_payload``) and parse the answer."""
+        status, headers, body = self._request("POST", APPOINTMENTS_PATH, json=payload)
+        self.log.info("Care360 answered %s to the booking request", status)
+        return parse_response(
+            status, headers, body, conn_id=self.care360_conn_id, secret=self.settings.api_key
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check the connection without booking anything.
+
+        Sends ``GET /api/v1/calendar/provider-availability`` with no query: a safe, read-only
+        request. Care360 checks the key before the query, so 401 means the key was rejected, while
+        any answer past authentication (200, or 400 for the missing ``provider_states``) means it
+        was accepted.
+        """
+        try:
+            status, _, body = self._request("GET", AVAILABILITY_PATH)
+        except Care360Error as exc:
+            return False, str(exc)
+        base = self.settings.base_url
+        if status == 401:
+            return False, (
+                f"Care360 at {base} rejected the API key of connection {self.care360_conn_id!r} (401)."
+            )
+        if status == 429:
+            return False, f"Care360 at {base} is rate limiting this key (429); try again shortly."
+        if 200 <= status < 300 or status in (400, 422):
+            return True, f"Connected to Care360 at {base}; the API key was accepted."
+        return False, f"Care360 at {base} answered {status}: {safe_snippet(body, self.settings.api_key)!r}"

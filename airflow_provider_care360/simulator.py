@@ -1,0 +1,550 @@
+"""
+A local Care360 API simulator: a real HTTP server on loopback that implements the documented contract.
+
+Use it to test DAGs that book appointments without touching the real Care360 hosts::
+
+    from airflow_provider_care360.simulator import Care360Simulator
+
+    with Care360Simulator(api_key="test-key") as sim:
+        os.environ.update(sim.airflow_connection_env())   # AIRFLOW_CONN_CARE360_DEFAULT
+        dag.test()
+        assert len(sim.bookings) == 1
+
+or from a shell: ``python -m airflow_provider_care360.simulator --port 8360 --api-key test-key``
+(also installed as ``care360-simulator``).
+
+What it implements (section 1 of the contract):
+
+* ``POST /api/v1/calendar/appointments``: 401 for a missing or wrong ``cv-api-key``; 429 past the
+  configured rate limit (with ``Retry-After`` and, optionally, ``X-RateLimit-*`` headers); 400 with
+  the documented body for an invalid body or a start time that is not a bookable slot (in the
+  future, on a ``slot_minutes`` boundary, not already taken for that event type); 200 otherwise,
+  recording the booking in the ledger.
+* ``GET /api/v1/calendar/provider-availability``: 401 / 400 (``provider_states`` missing) / 200.
+
+Admin endpoints (no key; loopback only): ``GET /_simulator/bookings``, ``GET /_simulator/requests``,
+``POST /_simulator/reset``, ``POST /_simulator/faults`` (body: a list of fault objects, see
+:class:`Fault`), ``GET /_simulator/health``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from airflow_provider_care360.validation import LOCATIONS, TRACKING_KEYS
+
+__all__ = ["Care360Simulator", "Fault", "main"]
+
+APPOINTMENTS = "/api/v1/calendar/appointments"
+AVAILABILITY = "/api/v1/calendar/provider-availability"
+ADMIN = "/_simulator"
+MAX_REQUEST_BYTES = 1 << 20
+_REQUIRED = ("eventTypeId", "startTime", "email", "timezone", "location")
+_TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
+
+
+@dataclass
+class Fault:
+    """
+    How to answer one booking request instead of following the contract.
+
+    :param status: HTTP status to answer with.
+    :param body: the body: ``bytes``/``str`` as given, anything else as JSON; ``None`` for the
+        documented body of ``status`` where there is one.
+    :param headers: extra response headers (``Retry-After``, ``X-RateLimit-Reset``, ...).
+    :param content_type: the ``Content-Type`` of the answer.
+    :param delay: seconds to wait before answering (longer than the client's read timeout makes a
+        read timeout).
+    :param apply: record the booking in the ledger (before the delay or reset), as if the server
+        did the work and only the answer went wrong.
+    :param reset: close the connection with a TCP reset instead of answering.
+    """
+
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    delay: float = 0.0
+    apply: bool = False
+    reset: bool = False
+
+
+def _json_body(status: int, message: str, error: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": status, "success": 200 <= status < 300, "message": message}
+    if error is not None:
+        body["error"] = error
+    return body
+
+
+_DOCUMENTED = {
+    200: _json_body(200, "Meeting scheduled successfully"),
+    401: _json_body(401, "Unauthorized"),
+    429: _json_body(429, "Rate limit exceeded"),
+}
+
+
+class Care360Simulator:
+    """
+    The simulator. Start it with ``start()`` (or as a context manager) and stop it with ``stop()``.
+
+    :param api_key: the only key accepted in ``cv-api-key``.
+    :param host: address to listen on; keep it on loopback.
+    :param port: port to listen on; 0 picks a free one (see :attr:`url`).
+    :param rate_limit: booking requests allowed per ``rate_window`` seconds; ``None`` for no limit.
+    :param rate_window: length of the fixed rate-limit window, in seconds.
+    :param send_retry_after: send ``Retry-After`` (seconds until the window ends) with a 429.
+    :param rate_limit_headers: send ``X-RateLimit-Limit/-Remaining/-Reset`` with each booking answer.
+    :param slot_minutes: start times must fall on a multiple of this many minutes past the hour.
+    :param event_types: the event type ids that exist; ``None`` accepts any non-empty id.
+    :param one_on_one: a slot of an event type can be booked once; a second booking is a 400.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rate_limit: int | None = None,
+        rate_window: float = 60.0,
+        send_retry_after: bool = True,
+        rate_limit_headers: bool = False,
+        slot_minutes: int = 30,
+        event_types: set[str] | None = None,
+        one_on_one: bool = True,
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.send_retry_after = send_retry_after
+        self.rate_limit_headers = rate_limit_headers
+        self.slot_minutes = slot_minutes
+        self.event_types = event_types
+        self.one_on_one = one_on_one
+        self._lock = threading.Lock()
+        self._bookings: list[dict[str, Any]] = []
+        self._requests: list[dict[str, Any]] = []
+        self._faults: deque[Fault] = deque()
+        self._window_start = time.monotonic()
+        self._window_count = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Care360Simulator:
+        """Bind and serve in a background thread; returns ``self``."""
+        if self._server is not None:
+            raise RuntimeError("the simulator is already running")
+        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        server.daemon_threads = True
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever, name="care360-simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Care360Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Care360Simulator(url={self.url!r}, bookings={len(self._bookings)})"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running simulator, e.g. ``http://127.0.0.1:8360``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def connection_uri_json(self, **extra: Any) -> str:
+        """A connection in Airflow's JSON form that points at this simulator."""
+        conn: dict[str, Any] = {"conn_type": "care360", "host": self.url, "password": self.api_key}
+        if extra:
+            conn["extra"] = extra
+        return json.dumps(conn)
+
+    def airflow_connection_env(self, conn_id: str = "care360_default", **extra: Any) -> dict[str, str]:
+        """``{"AIRFLOW_CONN_<ID>": ...}`` to put in ``os.environ`` for a connection to this simulator."""
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_uri_json(**extra)}
+
+    # -- ledger and faults --------------------------------------------------------------------
+
+    @property
+    def bookings(self) -> list[dict[str, Any]]:
+        """A copy of every booking the simulator applied, oldest first."""
+        with self._lock:
+            return [dict(b) for b in self._bookings]
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A copy of every API request received (method, path, query, headers, body, status)."""
+        with self._lock:
+            return [dict(r) for r in self._requests]
+
+    def reset(self) -> None:
+        """Forget bookings, requests, pending faults and the rate-limit window."""
+        with self._lock:
+            self._bookings.clear()
+            self._requests.clear()
+            self._faults.clear()
+            self._window_start = time.monotonic()
+            self._window_count = 0
+
+    def inject(self, fault: Fault, times: int = 1) -> None:
+        """Answer the next ``times`` booking requests with ``fault``."""
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _rate_limited(self) -> tuple[bool, dict[str, str]]:
+        if self.rate_limit is None:
+            return False, {}
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.rate_window:
+                self._window_start, self._window_count = now, 0
+            reset_in = max(1, math.ceil(self._window_start + self.rate_window - now))
+            limited = self._window_count >= self.rate_limit
+            if not limited:
+                self._window_count += 1
+            remaining = max(0, self.rate_limit - self._window_count)
+        headers: dict[str, str] = {}
+        if self.rate_limit_headers:
+            headers = {
+                "X-RateLimit-Limit": str(self.rate_limit),
+                "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Reset": str(reset_in),
+            }
+        if limited and self.send_retry_after:
+            headers["Retry-After"] = str(reset_in)
+        return limited, headers
+
+    def _check_booking(self, body: Any) -> str | None:
+        """What is wrong with a booking body, or ``None``."""
+        if not isinstance(body, dict):
+            return "body must be a JSON object"
+        for name in _REQUIRED:
+            value = body.get(name)
+            if value is None or value == "":
+                return f"{name} is required"
+            if not isinstance(value, str):
+                return f"{name} must be a string"
+        for name in ("firstName", "lastName"):
+            if name in body and body[name] is not None and not isinstance(body[name], str):
+                return f"{name} must be a string"
+        email = body["email"]
+        local, at, domain = email.rpartition("@")
+        if not at or not local or "." not in domain or " " in email:
+            return "email must be a valid email"
+        if body["location"] not in LOCATIONS:
+            return f"location must be one of {', '.join(LOCATIONS)}"
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(body["timezone"])
+        except Exception:
+            return "timezone must be a valid IANA time zone"
+        tracking = body.get("tracking")
+        if tracking is not None:
+            if not isinstance(tracking, dict):
+                return "tracking must be an object"
+            for key, value in tracking.items():
+                if key not in _TRACKING_WIRE:
+                    return f"tracking.{key} is not allowed"
+                if value is not None and not isinstance(value, str):
+                    return f"tracking.{key} must be a string or null"
+        if self.event_types is not None and body["eventTypeId"] not in self.event_types:
+            return "eventTypeId does not exist"
+        try:
+            start = datetime.fromisoformat(body["startTime"])
+        except ValueError:
+            return "startTime must be a valid ISO 8601 date-time"
+        if start.tzinfo is None:
+            return "startTime must be a valid ISO 8601 date-time with a time zone"
+        if start <= datetime.now(timezone.utc):
+            return "startTime is not a correct slot: it is in the past"
+        if start.second or start.microsecond or start.minute % self.slot_minutes:
+            return f"startTime is not a correct slot: slots start every {self.slot_minutes} minutes"
+        return None
+
+    def _apply(self, body: dict[str, Any], force: bool = False) -> str | None:
+        """Record a booking; the slot-taken error if the slot was booked already."""
+        start = datetime.fromisoformat(body["startTime"]).astimezone(timezone.utc)
+        slot = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._lock:
+            if not force and self.one_on_one:
+                for booked in self._bookings:
+                    if booked["eventTypeId"] == body["eventTypeId"] and booked["slot"] == slot:
+                        return "startTime is not a correct slot: it is already booked"
+            self._bookings.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "slot": slot,
+                    "bookedAt": datetime.now(timezone.utc).isoformat(),
+                    **body,
+                }
+            )
+        return None
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._requests.append(entry)
+
+    def booked_count(self, email: str | None = None) -> int:
+        """How many bookings were applied (for one invitee email, if given)."""
+        with self._lock:
+            return sum(1 for b in self._bookings if email is None or b.get("email") == email)
+
+
+def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "Care360Simulator"
+        timeout = 30  # idle keep-alive connections are closed after this
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # quiet: no request lines (they would carry invitee data) on stderr
+
+        # -- plumbing -------------------------------------------------------------------------
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
+            if isinstance(body, bytes):
+                data = body
+            elif isinstance(body, str):
+                data = body.encode()
+            else:
+                data = json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True  # the client went away (e.g. after its read timeout)
+
+        def _reset(self) -> None:
+            # SO_LINGER with a zero timeout makes close() send a TCP RST.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
+        def _read_body(self) -> bytes | None:
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit() or int(length) > MAX_REQUEST_BYTES:
+                self.close_connection = True
+                return None
+            return self.rfile.read(int(length))
+
+        def _authorised(self) -> bool:
+            return self.headers.get("cv-api-key") == sim.api_key
+
+        # -- routes ---------------------------------------------------------------------------
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            if url.path.startswith(ADMIN):
+                self._admin_get(url.path[len(ADMIN):])
+                return
+            query = parse_qs(url.query)
+            entry = {"method": "GET", "path": url.path, "query": query, "headers": dict(self.headers),
+                     "body": None}
+            status, body = self._availability(url.path, query)
+            entry["status"] = status
+            sim._record(entry)
+            self._send(status, body)
+
+        def _availability(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+            if path != AVAILABILITY:
+                return 404, _json_body(404, "Not found")
+            if not self._authorised():
+                return 401, _DOCUMENTED[401]
+            if not query.get("provider_states"):
+                return 400, _json_body(400, "Invalid request", "provider_states is required")
+            return 200, {"status": 200, "success": True, "data": []}
+
+        def do_POST(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            raw = self._read_body()
+            if raw is None:
+                self._send(400, _json_body(400, "Invalid request", "Content-Length is required"))
+                return
+            if url.path.startswith(ADMIN):
+                self._admin_post(url.path[len(ADMIN):], raw)
+                return
+            try:
+                body: Any = json.loads(raw) if raw else None
+                parsed = True
+            except ValueError:
+                body, parsed = raw.decode("utf-8", "replace"), False
+            entry = {"method": "POST", "path": url.path, "query": parse_qs(url.query),
+                     "headers": dict(self.headers), "body": body}
+            if url.path != APPOINTMENTS:
+                entry["status"] = 404
+                sim._record(entry)
+                self._send(404, _json_body(404, "Not found"))
+                return
+            fault = sim._next_fault()
+            if fault is not None:
+                entry["status"] = "reset" if fault.reset else fault.status
+                entry["fault"] = asdict(fault) | {"body": None}
+                sim._record(entry)
+                self._answer_fault(fault, body if parsed else None)
+                return
+            status, answer, headers = self._book(body if parsed else None, parsed)
+            entry["status"] = status
+            sim._record(entry)
+            self._send(status, answer, headers)
+
+        def _book(self, body: Any, parsed: bool) -> tuple[int, Any, dict[str, str]]:
+            if not self._authorised():
+                return 401, _DOCUMENTED[401], {}
+            limited, headers = sim._rate_limited()
+            if limited:
+                return 429, _DOCUMENTED[429], headers
+            if not parsed:
+                return 400, _json_body(400, "Invalid request", "body must be valid JSON"), headers
+            if self.headers.get_content_type() != "application/json":
+                return 400, _json_body(400, "Invalid request", "Content-Type must be application/json"), headers
+            problem = sim._check_booking(body) or sim._apply(body)
+            if problem:
+                return 400, _json_body(400, "Invalid request", problem), headers
+            return 200, _DOCUMENTED[200], headers
+
+        def _answer_fault(self, fault: Fault, body: Any) -> None:
+            if fault.apply and isinstance(body, dict) and sim._check_booking(body) is None:
+                sim._apply(body, force=True)
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.reset:
+                self._reset()
+                return
+            answer = fault.body
+            if answer is None:
+                answer = _DOCUMENTED.get(fault.status) or _json_body(fault.status, "Simulated fault")
+            self._send(fault.status, answer, fault.headers, fault.content_type)
+
+        # -- admin ----------------------------------------------------------------------------
+
+        def _admin_get(self, path: str) -> None:
+            if path == "/bookings":
+                self._send(200, sim.bookings)
+            elif path == "/requests":
+                self._send(200, sim.requests)
+            elif path == "/health":
+                self._send(200, {"ok": True, "bookings": sim.booked_count()})
+            else:
+                self._send(404, _json_body(404, "Not found"))
+
+        def _admin_post(self, path: str, raw: bytes) -> None:
+            if path == "/reset":
+                sim.reset()
+                self._send(200, {"ok": True})
+                return
+            if path == "/faults":
+                try:
+                    items = json.loads(raw)
+                    faults = [Fault(**item) for item in (items if isinstance(items, list) else [items])]
+                except (ValueError, TypeError) as exc:
+                    self._send(400, {"ok": False, "error": str(exc)})
+                    return
+                for fault in faults:
+                    sim.inject(fault)
+                self._send(200, {"ok": True, "queued": len(faults)})
+                return
+            self._send(404, _json_body(404, "Not found"))
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the simulator until interrupted (SIGINT or SIGTERM)."""
+    import os
+
+    parser = argparse.ArgumentParser(
+        prog="care360-simulator", description="Run a local Care360 API simulator on loopback."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8360, help="port; 0 picks a free one (default 8360)")
+    parser.add_argument("--api-key", default=os.environ.get("CARE360_SIMULATOR_API_KEY"),
+                        help="the accepted API key (default: $CARE360_SIMULATOR_API_KEY)")
+    parser.add_argument("--rate-limit", type=int, default=None, help="booking requests per window")
+    parser.add_argument("--rate-window", type=float, default=60.0, help="rate-limit window in seconds")
+    parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
+    parser.add_argument("--rate-limit-headers", action="store_true", help="send X-RateLimit-* headers")
+    parser.add_argument("--slot-minutes", type=int, default=30, help="slot length in minutes (default 30)")
+    parser.add_argument("--event-type", action="append", dest="event_types",
+                        help="an event type id that exists (repeatable; default: any)")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    args = parser.parse_args(argv)
+    if not args.api_key:
+        parser.error("--api-key (or $CARE360_SIMULATOR_API_KEY) is required")
+
+    sim = Care360Simulator(
+        args.api_key,
+        host=args.host,
+        port=args.port,
+        rate_limit=args.rate_limit,
+        rate_window=args.rate_window,
+        send_retry_after=not args.no_retry_after,
+        rate_limit_headers=args.rate_limit_headers,
+        slot_minutes=args.slot_minutes,
+        event_types=set(args.event_types) if args.event_types else None,
+    ).start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as fh:
+            fh.write(str(sim.port))
+        os.replace(args.port_file + ".tmp", args.port_file)
+    print(f"Care360 simulator listening on {sim.url} (Ctrl-C to stop)", flush=True)
+    stop.wait()
+    sim.stop()
+    print(f"Care360 simulator stopped; {sim.booked_count()} booking(s) accepted.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

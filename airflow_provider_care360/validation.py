@@ -1,0 +1,231 @@
+"""
+Validation of booking fields, before any request is sent.
+
+:func:`build_booking_payload` checks every field, reports all problems at once in a
+:class:`~airflow_provider_care360.exceptions.Care360ValidationError`, and otherwise returns the
+JSON body of the Schedule Appointment request, with the API's camelCase field names.
+
+It can also be called from an upstream task to weed out bad rows before a mapped booking task.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone as dt_timezone
+from typing import Any
+
+from airflow_provider_care360._pii import mask_email, mask_name
+from airflow_provider_care360.exceptions import Care360ValidationError
+
+__all__ = ["LOCATIONS", "TRACKING_KEYS", "build_booking_payload", "format_start_time"]
+
+LOCATIONS: tuple[str, ...] = (
+    "google_conference",
+    "zoom_conference",
+    "gotomeeting_conference",
+    "microsoft_teams_conference",
+    "webex_conference",
+)
+
+#: Wire name of each ``tracking`` member, keyed by its snake_case twin.
+TRACKING_KEYS: dict[str, str] = {
+    "utm_campaign": "utmCampaign",
+    "utm_source": "utmSource",
+    "utm_medium": "utmMedium",
+    "utm_content": "utmContent",
+    "utm_term": "utmTerm",
+    "salesforce_uuid": "salesforceUuid",
+}
+_TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
+
+# Deliberately loose: one "@", no spaces, a dot in the domain. The API has the final word.
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_MAX_EMAIL = 254
+_MAX_SHOWN = 60
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        return None
+
+
+def _parse_start(value: object) -> datetime | None:
+    if isinstance(value, datetime):  # includes pendulum.DateTime
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or "T" not in text.upper() and " " not in text:
+        return None  # a bare date is not a start time
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def format_start_time(value: datetime) -> str:
+    """Format an aware datetime in the contract's ``YYYY-MM-DDTHH:MM:SSZ`` form (UTC)."""
+    return value.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _normalise_tracking(value: object, problems: list[str]) -> dict[str, str | None] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            problems.append(
+                f"tracking: {_shown(value)} is not a mapping; allowed: a dict (or JSON object) "
+                f"with the keys {', '.join(sorted(_TRACKING_WIRE))}"
+            )
+            return None
+    if not isinstance(value, Mapping):
+        problems.append(
+            f"tracking: {_shown(value)} is not a mapping; allowed: a dict with the keys "
+            f"{', '.join(sorted(_TRACKING_WIRE))}"
+        )
+        return None
+    out: dict[str, str | None] = {}
+    for key, item in value.items():
+        wire = TRACKING_KEYS.get(key, key) if isinstance(key, str) else None
+        if wire not in _TRACKING_WIRE:
+            problems.append(
+                f"tracking: unknown key {_shown(key)}; allowed: {', '.join(sorted(_TRACKING_WIRE))} "
+                f"(or their snake_case twins)"
+            )
+            continue
+        assert wire is not None
+        if wire in out:
+            problems.append(f"tracking: {wire} is given twice (camelCase and snake_case)")
+            continue
+        if item is not None and not isinstance(item, str):
+            problems.append(f"tracking.{wire}: {_shown(item)} is not allowed; allowed: a string or null")
+            continue
+        out[wire] = item
+    return out
+
+
+def build_booking_payload(
+    *,
+    event_type_id: object,
+    start_time: object,
+    email: object,
+    timezone: object,
+    location: object,
+    first_name: object = None,
+    last_name: object = None,
+    tracking: object = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """
+    Check booking fields and return the request body, or raise ``Care360ValidationError``.
+
+    :param start_time: an ISO 8601 string or a ``datetime``. An aware value is converted to UTC; a
+        naive value is read as a wall-clock time in the invitee's ``timezone``. It must be in the
+        future.
+    :param tracking: a mapping with any of the six documented keys, camelCase or snake_case, values
+        string or ``None``; a JSON object string is accepted too.
+    :param now: the current time (aware), for tests; defaults to the clock.
+    :return: the JSON body, camelCase, with optional fields left out when empty.
+    """
+    problems: list[str] = []
+
+    def required_string(field: str, value: object, shown: str) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            problems.append(f"{field}: is required and must not be empty")
+            return None
+        if not isinstance(value, str):
+            problems.append(f"{field}: {shown} is not allowed; allowed: a string")
+            return None
+        return value.strip()
+
+    event = required_string("event_type_id", event_type_id, _shown(event_type_id))
+
+    address = required_string("email", email, "***" if isinstance(email, str) else type(email).__name__)
+    if address is not None and (len(address) > _MAX_EMAIL or not _EMAIL_RE.match(address)):
+        problems.append(
+            f"email: {mask_email(address)!r} is not a plausible email address; "
+            "allowed: one address such as name@example.com"
+        )
+        address = None
+
+    zone_name = required_string("timezone", timezone, _shown(timezone))
+    zone = _zone(zone_name) if zone_name else None
+    if zone_name and zone is None:
+        problems.append(
+            f"timezone: {_shown(zone_name)} is not an IANA time zone; allowed: a name such as "
+            "'America/New_York', 'Asia/Kolkata' or 'UTC'"
+        )
+
+    place = required_string("location", location, _shown(location))
+    if place is not None and place not in LOCATIONS:
+        problems.append(f"location: {_shown(place)} is not allowed; allowed: one of {', '.join(LOCATIONS)}")
+
+    start_text: str | None = None
+    if start_time is None or (isinstance(start_time, str) and not start_time.strip()):
+        problems.append("start_time: is required and must not be empty")
+    else:
+        parsed = _parse_start(start_time)
+        if parsed is None:
+            problems.append(
+                f"start_time: {_shown(start_time)} is not an ISO 8601 date-time; allowed: e.g. "
+                "'2025-11-28T04:30:00Z', or a datetime"
+            )
+        else:
+            if parsed.tzinfo is None or parsed.utcoffset() is None:
+                if zone is not None:
+                    parsed = parsed.replace(tzinfo=zone)
+                else:
+                    parsed = None  # the timezone problem is already reported
+            if parsed is not None:
+                current = now or datetime.now(dt_timezone.utc)
+                if parsed <= current:
+                    problems.append(
+                        f"start_time: {format_start_time(parsed)} is not in the future "
+                        f"(now {format_start_time(current)}); allowed: a future date-time"
+                    )
+                else:
+                    start_text = format_start_time(parsed)
+
+    names: dict[str, str] = {}
+    for field, wire, value in (("first_name", "firstName", first_name), ("last_name", "lastName", last_name)):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if not isinstance(value, str):
+            problems.append(f"{field}: a {type(value).__name__} is not allowed; allowed: a string or None")
+            continue
+        if len(value) > 200:
+            problems.append(f"{field}: {mask_name(value)!r} is too long; allowed: at most 200 characters")
+            continue
+        names[wire] = value.strip()
+
+    tracking_body = _normalise_tracking(tracking, problems)
+
+    if problems:
+        raise Care360ValidationError(problems)
+
+    body: dict[str, Any] = {
+        "eventTypeId": event,
+        "startTime": start_text,
+        "email": address,
+        **names,
+        "timezone": zone_name,
+        "location": place,
+    }
+    if tracking_body:
+        body["tracking"] = tracking_body
+    return body
