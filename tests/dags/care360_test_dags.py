@@ -1,0 +1,135 @@
+"""DAGs the test suite runs with ``dag.test()``; each takes its booking data from params or conf."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.providers.common.compat.sdk import DAG, task
+
+from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+
+START = datetime(2025, 1, 1)
+FAST_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=1),
+    "email_on_failure": False,
+    "email_on_retry": False,
+}
+BOOKING_PARAMS: dict[str, Any] = {
+    "event_type_id": "85f13305-0647-4473-9e63-0a56af405f6f",
+    "start_time": "",
+    "email": "jane.doe@example.com",
+    "timezone": "America/New_York",
+    "location": "zoom_conference",
+    "first_name": "Jane",
+    "last_name": "Doe",
+    "utm_source": "warehouse",
+    "conn_id": "care360_default",
+}
+
+# 1. Every field templated from params.
+with DAG(
+    "care360_t_params",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args=FAST_RETRIES,
+):
+    ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ params.event_type_id }}",
+        start_time="{{ params.start_time }}",
+        invitee_email="{{ params.email }}",
+        timezone="{{ params.timezone }}",
+        location="{{ params.location }}",
+        first_name="{{ params.first_name }}",
+        last_name="{{ params.last_name }}",
+        tracking={"utm_source": "{{ params.utm_source }}", "salesforceUuid": "{{ run_id }}"},
+        care360_conn_id="{{ params.conn_id }}",
+    )
+
+
+@task
+def find_patient_dict(**context: Any) -> dict[str, Any]:
+    return dict(context["dag_run"].conf["patient"])
+
+
+@task(multiple_outputs=True)
+def find_patient(**context: Any) -> dict[str, Any]:
+    return dict(context["dag_run"].conf["patient"])
+
+
+# 2. Fields pulled from an upstream task's XCom with Jinja.
+with DAG("care360_t_xcom_pull", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):
+    book = ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ ti.xcom_pull(task_ids='find_patient_dict')['event_type_id'] }}",
+        start_time="{{ ti.xcom_pull(task_ids='find_patient_dict')['start_time'] }}",
+        invitee_email="{{ ti.xcom_pull(task_ids='find_patient_dict')['email'] }}",
+        timezone="{{ ti.xcom_pull(task_ids='find_patient_dict')['timezone'] }}",
+        location="{{ ti.xcom_pull(task_ids='find_patient_dict')['location'] }}",
+    )
+    find_patient_dict() >> book
+
+# 3. Fields passed as XComArgs of a multiple_outputs task.
+with DAG("care360_t_xcomarg", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):
+    patient = find_patient()
+    ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id=patient["event_type_id"],
+        start_time=patient["start_time"],
+        invitee_email=patient["email"],
+        timezone=patient["timezone"],
+        location=patient["location"],
+        first_name=patient["first_name"],
+    )
+
+# 4. Native rendering: tracking renders to a dict and start_time to a datetime.
+with DAG(
+    "care360_t_native",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    render_template_as_native_obj=True,
+    params={**BOOKING_PARAMS, "tracking": {"utmCampaign": "spring", "utm_medium": None}},
+    default_args=FAST_RETRIES,
+):
+    ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ params.event_type_id }}",
+        start_time="{{ macros.datetime.fromisoformat(params.start_time) }}",
+        invitee_email="{{ params.email }}",
+        timezone="{{ params.timezone }}",
+        location="{{ params.location }}",
+        tracking="{{ params.tracking }}",
+    )
+
+
+@task
+def list_invitees(**context: Any) -> list[dict[str, Any]]:
+    return list(context["dag_run"].conf["invitees"])
+
+
+# 5. A mapped batch: one task instance per booking.
+with DAG("care360_t_batch", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):
+    ScheduleAppointmentOperator.partial(task_id="book", retries=6).expand_kwargs(list_invitees())
+
+# 6. Alerts go to BaseOperator's ``email``; the invitee is ``invitee_email``.
+with DAG(
+    "care360_t_alerting",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args={"email": ["oncall@example.org"], "email_on_failure": True, "email_on_retry": False},
+):
+    ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ params.event_type_id }}",
+        start_time="{{ params.start_time }}",
+        invitee_email="{{ params.email }}",
+        timezone="{{ params.timezone }}",
+        location="{{ params.location }}",
+    )

@@ -1,0 +1,275 @@
+"""Care360Hook: connection handling and the exact request on the wire (real HTTP to the simulator)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from support import iso, next_slot
+
+from airflow_provider_care360 import __version__
+from airflow_provider_care360.exceptions import (
+    Care360AuthError,
+    Care360BadRequestError,
+    Care360ConnectionConfigError,
+    Care360NotSentError,
+    Care360RateLimitError,
+    Care360ValidationError,
+)
+from airflow_provider_care360.hooks.care360 import DEFAULT_TIMEOUT, ENVIRONMENTS, Care360Hook
+
+
+def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "care360_default", **conn: Any) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "care360", **conn}))
+
+
+def book(hook: Care360Hook, start: datetime | str, **overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "event_type_id": "85f13305-0647-4473-9e63-0a56af405f6f",
+        "start_time": start,
+        "email": "invitee@example.com",
+        "timezone": "Asia/Kolkata",
+        "location": "google_conference",
+    }
+    fields.update(overrides)
+    return hook.schedule_appointment(**fields)
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+def test_exact_request_received_by_the_simulator(simulator: Any, api_key: str) -> None:
+    start = next_slot(days=1)
+    answer = book(
+        Care360Hook(),
+        start.astimezone(timezone(timedelta(hours=5, minutes=30))),  # aware, non-UTC
+        first_name="John",
+        last_name="Doe",
+        tracking={"utm_campaign": "spring", "utmSource": None, "salesforce_uuid": "0061x"},
+    )
+
+    assert answer == {"status": 200, "success": True, "message": "Meeting scheduled successfully"}
+    [request] = simulator.requests
+    assert request["method"] == "POST"
+    assert request["path"] == "/api/v1/calendar/appointments"
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert headers["cv-api-key"] == api_key
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"].startswith(f"airflow-provider-care360/{__version__} apache-airflow/")
+    assert request["body"] == {
+        "eventTypeId": "85f13305-0647-4473-9e63-0a56af405f6f",
+        "startTime": iso(start),  # sent as UTC, with Z
+        "email": "invitee@example.com",
+        "firstName": "John",
+        "lastName": "Doe",
+        "timezone": "Asia/Kolkata",
+        "location": "google_conference",
+        "tracking": {"utmCampaign": "spring", "utmSource": None, "salesforceUuid": "0061x"},
+    }
+
+
+def test_optional_fields_left_out_of_the_body(simulator: Any) -> None:
+    book(Care360Hook(), iso(next_slot()), first_name=None, last_name=None, tracking=None)
+    body = simulator.requests[0]["body"]
+    assert set(body) == {"eventTypeId", "startTime", "email", "timezone", "location"}
+
+
+def test_naive_start_time_is_read_in_the_invitee_time_zone(simulator: Any) -> None:
+    local = (datetime.now() + timedelta(days=3)).replace(hour=10, minute=0, second=0, microsecond=0)
+    book(Care360Hook(), local.isoformat(), timezone="Asia/Kolkata")
+    # 10:00 in Kolkata (UTC+05:30) is 04:30 UTC.
+    assert simulator.requests[0]["body"]["startTime"] == local.strftime("%Y-%m-%dT04:30:00Z")
+
+
+def test_one_session_reused_across_bookings(simulator: Any) -> None:
+    hook = Care360Hook()
+    session = hook.get_conn()
+    book(hook, next_slot(offset_slots=0))
+    book(hook, next_slot(offset_slots=1))
+    assert hook.get_conn() is session
+    assert len(simulator.bookings) == 2
+
+
+def test_validation_error_sends_nothing_and_names_every_field(simulator: Any) -> None:
+    with pytest.raises(Care360ValidationError) as info:
+        book(Care360Hook(), "tomorrow", email="", timezone="Nowhere/City", location="phone")
+    assert simulator.requests == []
+    problems = " | ".join(info.value.problems)
+    for field in ("start_time", "email", "timezone", "location"):
+        assert f"{field}:" in problems
+
+
+def test_validation_happens_before_the_connection_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_CARE360_DEFAULT", raising=False)
+    with pytest.raises(Care360ValidationError):
+        book(Care360Hook(), "not a time")
+
+
+def test_status_errors_are_typed(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_care360.simulator import Fault
+
+    hook = Care360Hook()
+    simulator.inject(Fault(status=429, headers={"Retry-After": "7"}))
+    with pytest.raises(Care360RateLimitError) as throttled:
+        book(hook, next_slot())
+    assert throttled.value.retry_after == 7 and throttled.value.status_code == 429
+
+    book(hook, next_slot())
+    with pytest.raises(Care360BadRequestError) as taken:
+        book(hook, next_slot())
+    assert taken.value.api_error == "startTime is not a correct slot: it is already booked"
+
+    set_conn(monkeypatch, host=simulator.url, password="wrong")
+    with pytest.raises(Care360AuthError) as denied:
+        book(Care360Hook(), next_slot(offset_slots=3))
+    assert "'care360_default'" in str(denied.value) and "wrong" not in str(denied.value)
+
+
+def test_connection_refused_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    set_conn(monkeypatch, host=f"http://127.0.0.1:{port}", password="k")
+    with pytest.raises(Care360NotSentError):
+        book(Care360Hook(), next_slot())
+
+
+# -- the connection ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, ENVIRONMENTS["production"]),
+        ({"environment": "production"}, "https://api.care360-next.carevalidate.com"),
+        ({"environment": "Staging"}, "https://api-staging.care360-next.carevalidate.com"),
+    ],
+)
+def test_environment_picks_the_base_url(monkeypatch: pytest.MonkeyPatch, extra: Any, expected: str) -> None:
+    set_conn(monkeypatch, password="k", extra=extra)
+    assert Care360Hook().settings.base_url == expected
+
+
+@pytest.mark.parametrize(
+    ("conn", "expected"),
+    [
+        ({"host": "http://127.0.0.1:8360"}, "http://127.0.0.1:8360"),
+        ({"host": "https://care360.internal.example/proxy/"}, "https://care360.internal.example/proxy"),
+        ({"host": "care360.internal.example", "port": 8443}, "https://care360.internal.example:8443"),
+        ({"host": "localhost", "schema": "http", "port": 8360}, "http://localhost:8360"),
+    ],
+)
+def test_host_overrides_the_environment(monkeypatch: pytest.MonkeyPatch, conn: Any, expected: str) -> None:
+    set_conn(monkeypatch, password="k", extra={"environment": "staging"}, **conn)
+    assert Care360Hook().settings.base_url == expected
+
+
+@pytest.mark.parametrize(
+    ("conn", "message"),
+    [
+        ({"extra": {"environment": "prod"}}, "extra.environment 'prod' is not allowed"),
+        ({"password": ""}, "has no API key"),
+        ({"host": "ftp://files.example.com"}, "host 'ftp://files.example.com' is not allowed"),
+        ({"host": "http://:80"}, "is not allowed"),
+        ({"host": "https://api.example.com:notaport"}, "is not allowed"),
+        ({"host": "https://user:pw@api.example.com"}, "no credentials in the URL"),
+        ({"host": "http://care360.example.com"}, "refusing to send the API key over plain http"),
+        ({"extra": {"timeout": "soon"}}, "timeout 'soon' is not allowed"),
+        ({"extra": {"timeout": -1}}, "timeout -1 is not allowed"),
+    ],
+)
+def test_bad_connections_are_clear_errors_naming_the_connection(
+    monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], message: str
+) -> None:
+    set_conn(monkeypatch, "care360_bad", **{"password": "k", **conn})
+    with pytest.raises(Care360ConnectionConfigError) as info:
+        Care360Hook("care360_bad").settings
+    assert "'care360_bad'" in str(info.value) or "Care360Hook('care360_bad')" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_plain_http_to_a_remote_host_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, password="k", host="http://care360.example.com", extra={"allow_insecure_http": True})
+    assert Care360Hook().settings.base_url == "http://care360.example.com"
+
+
+@pytest.mark.parametrize(
+    ("extra", "arg", "expected"),
+    [
+        ({}, None, DEFAULT_TIMEOUT),
+        ({"timeout": 12}, None, (12.0, 12.0)),
+        ({"timeout": "7.5"}, None, (7.5, 7.5)),
+        ({"timeout": [3, 20]}, None, (3.0, 20.0)),
+        ({"timeout": 12}, 4, (4.0, 4.0)),
+        ({}, (2, 9), (2.0, 9.0)),
+    ],
+)
+def test_timeout_from_extra_and_argument(
+    monkeypatch: pytest.MonkeyPatch, extra: Any, arg: Any, expected: tuple[float, float]
+) -> None:
+    set_conn(monkeypatch, password="k", extra=extra)
+    assert Care360Hook(timeout=arg).settings.timeout == expected
+
+
+def test_read_timeout_is_enforced(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_care360.exceptions import Care360AmbiguousError
+    from airflow_provider_care360.simulator import Fault
+
+    simulator.inject(Fault(status=200, delay=2.0))
+    hook = Care360Hook(timeout=(1, 0.5))
+    started = datetime.now()
+    with pytest.raises(Care360AmbiguousError, match="read timeout"):
+        book(hook, next_slot())
+    assert (datetime.now() - started).total_seconds() < 1.9
+
+
+def test_repr_and_settings_hide_the_key(simulator: Any, api_key: str) -> None:
+    hook = Care360Hook()
+    hook.get_conn()
+    for text in (repr(hook), repr(hook.settings), repr(hook.get_conn().auth), str(hook.__dict__)):
+        assert api_key not in text
+
+
+# -- test_connection -----------------------------------------------------------------------------
+
+
+def test_test_connection_accepts_a_valid_key_and_books_nothing(simulator: Any) -> None:
+    ok, message = Care360Hook().test_connection()
+    assert ok, message
+    assert "accepted" in message
+    assert simulator.bookings == []
+    assert [(r["method"], r["path"]) for r in simulator.requests] == [
+        ("GET", "/api/v1/calendar/provider-availability")
+    ]
+
+
+def test_test_connection_reports_a_rejected_key(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, host=simulator.url, password="bad-key-123")
+    ok, message = Care360Hook().test_connection()
+    assert not ok
+    assert "rejected the API key of connection 'care360_default'" in message
+    assert "bad-key-123" not in message
+
+
+def test_test_connection_reports_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, password="k", extra={"environment": "qa"})
+    ok, message = Care360Hook().test_connection()
+    assert not ok and "extra.environment 'qa' is not allowed" in message
+
+
+# -- import cost ---------------------------------------------------------------------------------
+
+
+def test_importing_the_operator_does_not_import_requests() -> None:
+    code = (
+        "import sys, airflow_provider_care360.operators.care360, airflow_provider_care360.hooks.care360; "
+        "print('requests' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,91 @@
+"""Helpers for tests: future slots, running the test DAGs, reading XCom and rendered fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DAGS = ROOT / "tests" / "dags"
+EXAMPLE_DAGS = ROOT / "example_dags"
+
+
+def next_slot(days: int = 1, offset_slots: int = 0) -> datetime:
+    """A future half-hour slot (UTC), ``offset_slots`` half hours after ``days`` from now."""
+    base = (datetime.now(timezone.utc) + timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    return base + timedelta(minutes=30 * offset_slots)
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class DagRunResult:
+    state: str
+    tis: dict[tuple[str, int], Any]
+    run_id: str
+
+    def ti(self, task_id: str, map_index: int = -1) -> Any:
+        return self.tis[(task_id, map_index)]
+
+
+def get_test_dag(dag_id: str) -> Any:
+    """Parse the test DAG file afresh: ``dag.test()`` mutates the DAG it runs (params from conf)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2
+        from airflow.models.dagbag import DagBag
+    bag = DagBag(dag_folder=str(TEST_DAGS))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
+    """Run a test DAG to completion with ``dag.test()`` and return its task instances."""
+    dr = get_test_dag(dag_id).test(run_conf=conf)
+    tis = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances()}
+    return DagRunResult(state=str(getattr(dr.state, "value", dr.state)), tis=tis, run_id=dr.run_id)
+
+
+def state_of(ti: Any) -> str:
+    return str(getattr(ti.state, "value", ti.state))
+
+
+def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    ti = result.ti(task_id, map_index)
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id, map_index=map_index)
+            .filter_by(key="return_value")
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
+def all_xcom_and_rendered_text(result: DagRunResult) -> str:
+    """Every XCom value and rendered template field of a run, as one string."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    parts: list[str] = []
+    with create_session() as session:
+        for row in session.query(XComModel).filter_by(run_id=result.run_id):
+            parts.append(repr(row.value))
+        for row in session.query(RenderedTaskInstanceFields).filter_by(run_id=result.run_id):
+            parts.append(repr(row.rendered_fields))
+    return "\n".join(parts)
+
+
+def AIRFLOW_LOGS() -> Path:  # noqa: N802
+    """Where Airflow writes task log files in this test session."""
+    import os
+
+    return Path(os.environ["AIRFLOW_HOME"]) / "logs"
