@@ -46,12 +46,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from airflow_provider_care360.validation import LOCATIONS, TRACKING_KEYS
+from airflow_provider_care360._contract import APPOINTMENTS_PATH as APPOINTMENTS
+from airflow_provider_care360._contract import AVAILABILITY_PATH as AVAILABILITY
+from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
 
 __all__ = ["Care360Simulator", "Fault", "main"]
 
-APPOINTMENTS = "/api/v1/calendar/appointments"
-AVAILABILITY = "/api/v1/calendar/provider-availability"
 ADMIN = "/_simulator"
 MAX_REQUEST_BYTES = 1 << 20
 _REQUIRED = ("eventTypeId", "startTime", "email", "timezone", "location")

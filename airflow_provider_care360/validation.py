@@ -16,28 +16,12 @@ from collections.abc import Mapping
 from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
+from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
 from airflow_provider_care360._pii import mask_email, mask_name
 from airflow_provider_care360.exceptions import Care360ValidationError
 
 __all__ = ["LOCATIONS", "TRACKING_KEYS", "build_booking_payload", "format_start_time"]
 
-LOCATIONS: tuple[str, ...] = (
-    "google_conference",
-    "zoom_conference",
-    "gotomeeting_conference",
-    "microsoft_teams_conference",
-    "webex_conference",
-)
-
-#: Wire name of each ``tracking`` member, keyed by its snake_case twin.
-TRACKING_KEYS: dict[str, str] = {
-    "utm_campaign": "utmCampaign",
-    "utm_source": "utmSource",
-    "utm_medium": "utmMedium",
-    "utm_content": "utmContent",
-    "utm_term": "utmTerm",
-    "salesforce_uuid": "salesforceUuid",
-}
 _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
 
 # Deliberately loose: one "@", no spaces, a dot in the domain. The API has the final word.

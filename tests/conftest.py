@@ -11,13 +11,12 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TEST_DAGS
+from support import TEST_DAGS, airflow_cli
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="care360-airflow-home-"))
 
@@ -31,10 +30,6 @@ os.environ.update(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
     }
 )
-
-
-def airflow_cli() -> str:
-    return str(Path(sys.executable).with_name("airflow"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,13 @@ TEST_DAGS = ROOT / "tests" / "dags"
 EXAMPLE_DAGS = ROOT / "example_dags"
 
 
+def airflow_cli() -> str:
+    """The ``airflow`` command of the interpreter running the tests."""
+    import sys
+
+    return str(Path(sys.executable).with_name("airflow"))
+
+
 def next_slot(days: int = 1, offset_slots: int = 0) -> datetime:
     """A future half-hour slot (UTC), ``offset_slots`` half hours after ``days`` from now."""
     base = (datetime.now(timezone.utc) + timedelta(days=days)).replace(minute=0, second=0, microsecond=0)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_care360 import __version__
+from airflow_provider_care360._contract import APPOINTMENTS_PATH, AVAILABILITY_PATH
 from airflow_provider_care360._responses import parse_response, safe_snippet
 from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
@@ -34,8 +35,6 @@ ENVIRONMENTS: dict[str, str] = {
 #: (connect, read) timeout in seconds for every request.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 30.0)
 
-APPOINTMENTS_PATH = "/api/v1/calendar/appointments"
-AVAILABILITY_PATH = "/api/v1/calendar/provider-availability"
 MAX_BODY_BYTES = 1 << 20  # a booking answer is a few hundred bytes; more than this is not the API
 
 Timeout = float | int | str | tuple[float, float] | list[float]

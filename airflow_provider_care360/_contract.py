@@ -1,0 +1,25 @@
+"""Facts of the Care360 API contract shared by the client and the simulator (no Airflow imports)."""
+
+from __future__ import annotations
+
+#: The ``location`` values the API accepts.
+LOCATIONS: tuple[str, ...] = (
+    "google_conference",
+    "zoom_conference",
+    "gotomeeting_conference",
+    "microsoft_teams_conference",
+    "webex_conference",
+)
+
+#: Wire name of each ``tracking`` member, keyed by its snake_case twin.
+TRACKING_KEYS: dict[str, str] = {
+    "utm_campaign": "utmCampaign",
+    "utm_source": "utmSource",
+    "utm_medium": "utmMedium",
+    "utm_content": "utmContent",
+    "utm_term": "utmTerm",
+    "salesforce_uuid": "salesforceUuid",
+}
+
+APPOINTMENTS_PATH = "/api/v1/calendar/appointments"
+AVAILABILITY_PATH = "/api/v1/calendar/provider-availability"

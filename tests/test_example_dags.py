@@ -1,0 +1,89 @@
+"""The example DAGs parse offline and book against the simulator through ``airflow dags test``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from support import EXAMPLE_DAGS, airflow_cli, iso
+
+EXAMPLES = {
+    "example_care360_single_booking",
+    "example_care360_hourly_referrals",
+    "example_care360_batch",
+}
+
+
+def test_examples_parse_without_a_connection_or_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2
+        from airflow.models.dagbag import DagBag
+
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name)
+    attempts: list[Any] = []
+
+    def no_network(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError("network access at parse time")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == EXAMPLES
+    assert attempts == []
+    for dag_id in EXAMPLES:
+        dag = bag.get_dag(dag_id)
+        assert "care360" in dag.tags and dag.doc_md is None or dag.description
+        assert dag.catchup is False
+
+
+def test_batch_example_caps_concurrency_with_a_pool() -> None:
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2
+        from airflow.models.dagbag import DagBag
+
+    task = DagBag(dag_folder=str(EXAMPLE_DAGS)).get_dag("example_care360_batch").get_task("book_appointment")
+    assert task.partial_kwargs["pool"] == "care360"
+    assert task.partial_kwargs["retries"] >= 3
+
+
+def _dags_test(dag_id: str, env: dict[str, str], conf: dict[str, Any] | None = None) -> str:
+    cmd = [airflow_cli(), "dags", "test", dag_id]
+    if conf:
+        cmd += ["-c", json.dumps(conf)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert f"DagRun Finished: dag_id={dag_id}" in output and "state=success" in output, output[-3000:]
+    return output
+
+
+def test_examples_book_through_airflow_dags_test(simulator: Any, api_key: str) -> None:
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)}
+    start = (datetime.now(timezone.utc) + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+
+    out = _dags_test(
+        "example_care360_single_booking", env, {"start_time": iso(start), "email": "jane@example.com"}
+    )
+    assert [b["email"] for b in simulator.bookings] == ["jane@example.com"]
+    assert api_key not in out
+
+    _dags_test("example_care360_batch", env)
+    assert simulator.booked_count() == 1 + 10
+
+    _dags_test("example_care360_hourly_referrals", env)
+    emails = [b["email"] for b in simulator.bookings]
+    assert sorted(e for e in emails if e.startswith("referral")) == [
+        "referral0@example.com",
+        "referral1@example.com",
+    ]
+    assert len(emails) == len(set(emails)) == 13
