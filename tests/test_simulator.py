@@ -189,3 +189,9 @@ def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     assert f"listening on {url}" in out
     assert "1 booking(s) accepted" in out
     assert "cli-key" not in out + err
+
+
+def test_the_simulator_does_not_import_airflow() -> None:
+    code = "import sys, airflow_provider_care360.simulator; print('airflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,173 @@
+"""Response parsing: each status and body maps to the documented outcome, with safe messages."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from airflow_provider_care360._responses import (
+    parse_rate_limit_reset,
+    parse_response,
+    parse_retry_after,
+    safe_snippet,
+)
+from airflow_provider_care360.exceptions import (
+    Care360AmbiguousError,
+    Care360AuthError,
+    Care360BadRequestError,
+    Care360Error,
+    Care360NotSentError,
+    Care360RateLimitError,
+    Care360RejectedError,
+    Outcome,
+)
+
+NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def parse(status: int, body: Any = b"", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_response(status, headers or {}, raw, conn_id="care360_test", secret="KEY-123", now=NOW)
+
+
+def test_booked() -> None:
+    body = {"status": 200, "success": True, "message": "Meeting scheduled successfully"}
+    assert parse(200, body) == body
+
+
+def test_an_appointment_id_is_returned_when_the_api_sends_one_and_never_invented() -> None:
+    assert parse(200, {"success": True, "appointmentId": "a1"})["appointmentId"] == "a1"
+    assert "appointmentId" not in parse(200, {"success": True})
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "outcome"),
+    [
+        (200, {"status": 200, "success": False, "message": "Slot gone"}, Care360BadRequestError, Outcome.REJECTED),
+        (200, {"status": 200, "message": "ok"}, Care360AmbiguousError, Outcome.AMBIGUOUS),
+        (200, b"<html>ok</html>", Care360AmbiguousError, Outcome.AMBIGUOUS),
+        (200, b"", Care360AmbiguousError, Outcome.AMBIGUOUS),
+        (400, {"status": 400, "success": False, "message": "Invalid request", "error": "bad startTime"},
+         Care360BadRequestError, Outcome.REJECTED),
+        (401, {"status": 401, "success": False, "message": "Unauthorized"}, Care360AuthError, Outcome.REJECTED),
+        (403, {"message": "Forbidden"}, Care360BadRequestError, Outcome.REJECTED),
+        (404, b"Not Found", Care360BadRequestError, Outcome.REJECTED),
+        (422, {"message": "Unprocessable"}, Care360BadRequestError, Outcome.REJECTED),
+        (301, b"", Care360BadRequestError, Outcome.REJECTED),
+        (429, {"status": 429, "success": False, "message": "Rate limit exceeded"}, Care360RateLimitError,
+         Outcome.THROTTLED),
+        (503, b"<html>maintenance</html>", Care360NotSentError, Outcome.NOT_SENT),
+        (408, b"", Care360NotSentError, Outcome.NOT_SENT),
+        (500, {"message": "boom"}, Care360AmbiguousError, Outcome.AMBIGUOUS),
+        (502, b"<html>Bad Gateway</html>", Care360AmbiguousError, Outcome.AMBIGUOUS),
+        (504, b"", Care360AmbiguousError, Outcome.AMBIGUOUS),
+    ],
+)
+def test_outcomes(status: int, body: Any, error: type[Care360Error], outcome: Outcome) -> None:
+    with pytest.raises(error) as info:
+        parse(status, body)
+    assert type(info.value) is error
+    assert info.value.outcome is outcome
+    assert info.value.status_code == status
+    assert str(status) in str(info.value)
+
+
+def test_400_message_carries_the_api_message_and_error() -> None:
+    with pytest.raises(Care360BadRequestError) as info:
+        parse(400, {"status": 400, "success": False, "message": "Invalid request", "error": "startTime bad"})
+    assert info.value.api_message == "Invalid request" and info.value.api_error == "startTime bad"
+    assert "Invalid request; startTime bad" in str(info.value)
+    assert isinstance(info.value, Care360RejectedError)
+
+
+def test_401_names_the_connection_not_the_key() -> None:
+    with pytest.raises(Care360AuthError) as info:
+        parse(401, {"message": "Unauthorized: key KEY-123 unknown"})
+    assert "'care360_test'" in str(info.value)
+    assert "KEY-123" not in str(info.value) + repr(info.value) + str(info.value.api_message)
+
+
+def test_ambiguous_messages_say_the_booking_may_exist() -> None:
+    with pytest.raises(Care360AmbiguousError) as info:
+        parse(502, b"<html>Bad Gateway</html>")
+    assert "may or may not exist" in str(info.value) and info.value.booking_may_exist
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "30"}, 30.0),
+        ({"retry-after": "0"}, 0.0),
+        ({"Retry-After": "Thu, 15 Jan 2026 12:01:30 GMT"}, 90.0),
+        ({"Retry-After": "Wed, 14 Jan 2026 12:00:00 GMT"}, 0.0),  # in the past
+        ({"X-RateLimit-Reset": "12"}, 12.0),
+        ({"X-RateLimit-Reset": str(int(NOW.timestamp()) + 40)}, 40.0),  # a Unix time
+        ({"Retry-After": "soon", "X-RateLimit-Reset": "5"}, 5.0),
+        ({}, None),
+        ({"Retry-After": "-5"}, None),
+    ],
+)
+def test_429_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    with pytest.raises(Care360RateLimitError) as info:
+        parse(429, {"status": 429, "success": False, "message": "Rate limit exceeded"}, headers)
+    assert info.value.retry_after == expected
+
+
+def test_parsers_directly() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("garbage") is None
+    assert parse_rate_limit_reset("nan") is None
+    assert parse_rate_limit_reset("inf") is None
+
+
+def test_snippets_are_short_printable_and_without_the_key() -> None:
+    text = safe_snippet(b"KEY-123 \x00\x1b[31m" + b"x" * 5000, secret="KEY-123")
+    assert "KEY-123" not in text and "\x00" not in text and "\x1b" not in text
+    assert len(text) <= 200
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    with pytest.raises(Care360RateLimitError) as info:
+        parse(429, {"message": "Rate limit exceeded"}, {"Retry-After": "9"})
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is Care360RateLimitError
+    assert (copy.retry_after, copy.status_code, str(copy)) == (9.0, 429, str(info.value))
+
+
+_headers = st.dictionaries(
+    st.sampled_from(["Retry-After", "X-RateLimit-Reset", "Content-Type", "Location", "X-Other"]),
+    st.one_of(st.text(max_size=40), st.integers(min_value=-10**12, max_value=10**12).map(str)),
+    max_size=4,
+)
+_bodies = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3), st.dictionaries(st.text(max_size=10), children, max_size=4)
+        ),
+        max_leaves=10,
+    ).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"success": st.one_of(st.booleans(), st.none(), st.text(max_size=3))},
+        optional={"message": st.one_of(st.text(max_size=30), st.integers()), "error": st.text(max_size=30)},
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(status=st.integers(min_value=100, max_value=599), headers=_headers, body=_bodies)
+def test_any_response_is_a_result_or_a_typed_error(status: int, headers: dict[str, str], body: bytes) -> None:
+    try:
+        result = parse_response(status, headers, body, conn_id="c", secret="KEY-123", now=NOW)
+    except Care360Error as exc:
+        assert str(exc) and "KEY-123" not in str(exc)
+        assert exc.retry_after is None or exc.retry_after >= 0
+        return
+    assert 200 <= status < 300 and result.get("success") is True
