@@ -96,3 +96,29 @@ def AIRFLOW_LOGS() -> Path:  # noqa: N802
     import os
 
     return Path(os.environ["AIRFLOW_HOME"]) / "logs"
+
+
+@dataclass
+class Try:
+    number: int
+    start: datetime | None
+    end: datetime | None
+    retry_delay_override: float | None
+
+
+def tries(result: DagRunResult, task_id: str = "book", map_index: int = -1) -> list[Try]:
+    """Every try of a task instance, oldest first: the archived ones and the final one."""
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from airflow.utils.session import create_session
+
+    ti = result.ti(task_id, map_index)
+    with create_session() as session:
+        rows = (
+            session.query(TaskInstanceHistory)
+            .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id, map_index=map_index)
+            .order_by(TaskInstanceHistory.try_number)
+            .all()
+        )
+        out = [Try(r.try_number, r.start_date, r.end_date, r.retry_delay_override) for r in rows]
+    out.append(Try(ti.try_number, ti.start_date, ti.end_date, None))
+    return out

@@ -12,6 +12,7 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from airflow_provider_care360._pii import mask_email
 from airflow_provider_care360.exceptions import Care360AmbiguousError, Care360AmbiguousRetryableError
 from airflow_provider_care360.hooks.care360 import Care360Hook, Timeout
+from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
 from airflow_provider_care360.validation import build_booking_payload
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class ScheduleAppointmentOperator(BaseOperator):
     :param retry_on_ambiguous: retry, like a request that was never sent, when the outcome is
         unknown (read timeout, connection reset after sending, 500/502/504). Off by default,
         because such a retry may book the invitee twice.
+    :param retry_policy: on Airflow >= 3.3, defaults to
+        :class:`~airflow_provider_care360.retry.Care360RetryPolicy` (a 429 waits what the API asked);
+        a policy passed here or in ``default_args`` replaces it.
     :return: the API's JSON answer (pushed to XCom).
     """
 
@@ -81,6 +85,8 @@ class ScheduleAppointmentOperator(BaseOperator):
         retry_on_ambiguous: bool = False,
         **kwargs: Any,
     ) -> None:
+        if RETRY_POLICIES_SUPPORTED and kwargs.get("retry_policy") is None:
+            kwargs["retry_policy"] = Care360RetryPolicy()
         super().__init__(**kwargs)
         self.event_type_id = event_type_id
         self.start_time = start_time

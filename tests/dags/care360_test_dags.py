@@ -133,3 +133,59 @@ with DAG(
         timezone="{{ params.timezone }}",
         location="{{ params.location }}",
     )
+
+
+def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
+    return ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ params.event_type_id }}",
+        start_time="{{ params.start_time }}",
+        invitee_email="{{ params.email }}",
+        timezone="{{ params.timezone }}",
+        location="{{ params.location }}",
+        first_name="{{ params.first_name }}",
+        care360_conn_id="{{ params.conn_id }}",
+        **extra,
+    )
+
+
+# 7. The caller accepts the double-booking risk of retrying an ambiguous outcome.
+with DAG(
+    "care360_t_ambiguous_retry",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args=FAST_RETRIES,
+):
+    _params_operator(retry_on_ambiguous=True)
+
+# 8. A retry policy of the user's own replaces the provider's (Airflow >= 3.3 only).
+try:
+    from airflow.providers.common.compat.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+except ImportError:  # Airflow < 3.3
+    pass
+else:
+    with DAG(
+        "care360_t_user_policy",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        params=BOOKING_PARAMS,
+        default_args=FAST_RETRIES,
+    ):
+        _params_operator(
+            retry_policy=ExceptionRetryPolicy(
+                rules=[
+                    RetryRule(
+                        exception="airflow_provider_care360.exceptions.Care360RateLimitError",
+                        action=RetryAction.FAIL,
+                        reason="this team fails on throttling",
+                    )
+                ]
+            )
+        )
+
+# 9. A large mapped batch with room for the retries a rate limit forces.
+with DAG("care360_t_big_batch", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):
+    ScheduleAppointmentOperator.partial(task_id="book", retries=12).expand_kwargs(list_invitees())

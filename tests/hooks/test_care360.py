@@ -273,3 +273,23 @@ def test_importing_the_operator_does_not_import_requests() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dns_failure_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resolving a name would leave loopback, so the resolver's failure is simulated.
+    import socket
+
+    def no_such_host(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    set_conn(monkeypatch, password="k", host="https://care360.does-not-resolve.example")
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(Care360NotSentError, match="the request was not sent"):
+        book(Care360Hook(), next_slot())
+
+
+def test_tls_failure_is_not_sent(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, password="k", host=simulator.url.replace("http://", "https://"))
+    with pytest.raises(Care360NotSentError, match="SSL"):
+        book(Care360Hook(), next_slot())
+    assert simulator.bookings == []

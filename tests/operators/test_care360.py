@@ -224,19 +224,39 @@ def test_429_from_the_real_rate_limiter_in_a_batch(simulator: Any) -> None:
 def test_api_key_never_in_logs_xcom_or_rendered_fields(simulator: Any, api_key: str, capfd: Any) -> None:
     from support import AIRFLOW_LOGS
 
+    from airflow_provider_care360.exceptions import Care360Error
+    from airflow_provider_care360.hooks.care360 import Care360Hook
+
     simulator.inject(Fault(status=429, headers={"Retry-After": "1"}))
-    result = run_dag("care360_t_params", booking_conf(next_slot(days=2)))
+    conf = booking_conf(next_slot(days=2), first_name="Zephyrine", last_name="Quillfeather")
+    result = run_dag("care360_t_params", conf)
     assert result.state == "success"
+    # A failing run too: its exception text goes through the same logs.
+    simulator.inject(Fault(status=500, body={"message": f"echo {api_key}"}))
+    failed = run_dag("care360_t_params", booking_conf(next_slot(days=2, offset_slots=1)))
+    assert state_of(failed.ti("book")) == "failed"
 
     out = capfd.readouterr()
+    logs = out.out + out.err
     log_files = "".join(p.read_text(errors="replace") for p in Path(AIRFLOW_LOGS()).rglob("*") if p.is_file())
-    stored = all_xcom_and_rendered_text(result)
-    assert "jane.doe@example.com" in stored  # the scan does see the rendered fields
-    for text in (out.out, out.err, log_files, stored):
+    stored = all_xcom_and_rendered_text(result) + all_xcom_and_rendered_text(failed)
+    assert "jane.doe@example.com" in stored and "Zephyrine" in stored  # the scan sees rendered fields
+    hook = Care360Hook()
+    hook.get_conn()
+    task = get_test_dag("care360_t_params").get_task("book")
+    try:
+        hook.schedule_appointment(event_type_id="e", start_time=next_slot(days=2), email="a@example.com",
+                                  timezone="UTC", location="zoom_conference")
+        hook.schedule_appointment(event_type_id="e", start_time=next_slot(days=2), email="a@example.com",
+                                  timezone="UTC", location="zoom_conference")
+    except Care360Error as exc:  # the slot is taken on the second call
+        error_text = str(exc) + repr(exc)
+    for text in (logs, log_files, stored, repr(hook), repr(task), repr(hook.settings), error_text):
         assert api_key not in text
-    # The invitee's email shows only masked in the task's INFO lines.
-    assert "j***@example.com" in out.out + out.err
-    assert "jane.doe@example.com" not in out.out + out.err
+    # Invitee email and names show only masked in the task's log lines; the body is never logged.
+    assert "j***@example.com" in logs
+    for pii in ("jane.doe@example.com", "Zephyrine", "Quillfeather", '"eventTypeId"'):
+        assert pii not in logs and pii not in log_files
 
 
 # -- BaseOperator.email stays the alert list ----------------------------------------------------

@@ -1,0 +1,225 @@
+"""
+Every fault the simulator can inject, through a real DAG run with ``retries=2``.
+
+For each: the final task state, the number of tries, the wait between tries where the API named
+one, the error text, and the ledger: exactly one booking, or none with the task failed saying why.
+Across the matrix no case books twice and none loses a booking without a failed task.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from support import iso, next_slot, run_dag, state_of, tries
+
+from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
+from airflow_provider_care360.simulator import Care360Simulator, Fault
+
+MAY_EXIST = "may or may not exist"
+NOT_SENT = "the request was not sent"
+INVALID_400 = {"status": 400, "success": False, "message": "Invalid request", "error": "startTime is not valid"}
+
+
+@dataclass
+class Case:
+    faults: list[Fault] | Callable[[], list[Fault]] = field(default_factory=list)
+    state: str = "failed"
+    tries: int = 1
+    booked: int = 0
+    text: str = ""
+    conn: str = "sim"  # sim | fast (1 s read timeout) | wrong_key | refused | blackhole | tls
+    dag: str = "care360_t_params"
+    waits_at_least: float | None = None  # seconds between try 1 and try 2 (Airflow >= 3.3)
+
+
+def _http_date_in(seconds: float) -> list[Fault]:
+    when = datetime.fromtimestamp(time.time() + seconds, tz=timezone.utc)
+    return [Fault(status=429, headers={"Retry-After": format_datetime(when, usegmt=True)})]
+
+
+CASES: dict[str, Case] = {
+    # rejected: fail at once, nothing booked
+    "400": Case([Fault(400, INVALID_400)], text="Invalid request; startTime is not valid"),
+    "401": Case(conn="wrong_key", text="rejected the API key of connection 'care360_matrix'"),
+    "403": Case([Fault(403, {"status": 403, "success": False, "message": "Forbidden"})], text="(403; Forbidden)"),
+    "404": Case([Fault(404, b"Not Found", content_type="text/plain")], text="(404;"),
+    "422": Case([Fault(422, {"message": "Unprocessable"})], text="(422; Unprocessable)"),
+    "200 success false": Case(
+        [Fault(200, {"status": 200, "success": False, "message": "Slot unavailable"})], text="success=false"
+    ),
+    # throttled: retried by Airflow, after the wait the API named
+    "429 Retry-After seconds": Case(
+        [Fault(429, headers={"Retry-After": "3"})], "success", 2, 1, waits_at_least=3.0
+    ),
+    "429 Retry-After HTTP-date": Case(lambda: _http_date_in(6), "success", 2, 1, waits_at_least=1.0),
+    "429 X-RateLimit-Reset": Case(
+        [Fault(429, headers={"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "3"})],
+        "success", 2, 1, waits_at_least=3.0,
+    ),
+    "429 no headers": Case([Fault(429)], "success", 2, 1, waits_at_least=0.9),
+    "429 until retries run out": Case(
+        [Fault(429, headers={"Retry-After": "1"})] * 3, "failed", 3, 0, text="rate limit exceeded (429)"
+    ),
+    # not sent: retried with the task's own settings
+    "503 then booked": Case([Fault(503, b"<html>Maintenance</html>", content_type="text/html")], "success", 2, 1),
+    "connection refused": Case(conn="refused", tries=3, text=NOT_SENT),
+    "connect timeout": Case(conn="blackhole", tries=3, text=NOT_SENT),
+    "TLS failure": Case(conn="tls", tries=3, text=NOT_SENT),
+    # ambiguous: the booking may exist, so fail at once (by default)
+    "read timeout, applied": Case([Fault(200, delay=3, apply=True)], booked=1, conn="fast", text=MAY_EXIST),
+    "read timeout, not applied": Case([Fault(200, delay=3)], conn="fast", text=MAY_EXIST),
+    "reset before applying": Case([Fault(reset=True)], text=MAY_EXIST),
+    "reset after applying": Case([Fault(reset=True, apply=True)], booked=1, text=MAY_EXIST),
+    "500 HTML page": Case([Fault(500, b"<html><h1>Error</h1></html>", content_type="text/html")], text=MAY_EXIST),
+    "502, applied": Case([Fault(502, b"<html>Bad Gateway</html>", content_type="text/html", apply=True)],
+                         booked=1, text=MAY_EXIST),
+    "504": Case([Fault(504, b"")], text=MAY_EXIST),
+    "200 malformed JSON, applied": Case([Fault(200, '{"status": 200, "succ', apply=True)], booked=1,
+                                        text="not the documented JSON"),
+    "200 very large body, applied": Case([Fault(200, b"x" * (3 << 20), content_type="text/plain", apply=True)],
+                                         booked=1, text=MAY_EXIST),
+    # ambiguous, with retry_on_ambiguous=True
+    "retry_on_ambiguous: read timeout, not applied": Case(
+        [Fault(200, delay=3)], "success", 2, 1, conn="fast", dag="care360_t_ambiguous_retry"
+    ),
+    "retry_on_ambiguous: 502 applied, retry meets the taken slot": Case(
+        [Fault(502, b"", apply=True)], "failed", 2, 1, dag="care360_t_ambiguous_retry", text="already booked"
+    ),
+}
+
+
+@contextmanager
+def _blackhole_port() -> Iterator[int]:
+    """A port whose accept queue is full, so new connections time out instead of being refused."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(server.getsockname())
+        fillers.append(filler)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        for sock in [*fillers, server]:
+            sock.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def _connection(kind: str, sim: Care360Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    conn: dict[str, Any] = {"conn_type": "care360", "password": sim.api_key, "host": sim.url,
+                            "extra": {"timeout": [1, 10]}}
+    with _blackhole_port() as blackhole:
+        if kind == "fast":
+            conn["extra"] = {"timeout": [1, 1]}
+        elif kind == "wrong_key":
+            conn["password"] = "wrong-key-0000"
+        elif kind == "refused":
+            conn["host"] = f"http://127.0.0.1:{_closed_port()}"
+        elif kind == "blackhole":
+            conn["host"] = f"http://127.0.0.1:{blackhole}"
+            conn["extra"] = {"timeout": [0.5, 5]}
+        elif kind == "tls":
+            conn["host"] = sim.url.replace("http://", "https://")
+        monkeypatch.setenv("AIRFLOW_CONN_CARE360_MATRIX", json.dumps(conn))
+        yield
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fault(name: str, simulator: Care360Simulator, monkeypatch: pytest.MonkeyPatch, capfd: Any) -> None:
+    case = CASES[name]
+    faults = case.faults() if callable(case.faults) else case.faults
+    for fault in faults:
+        simulator.inject(fault)
+    start = next_slot(days=2)
+    with _connection(case.conn, simulator, monkeypatch):
+        result = run_dag(case.dag, {"start_time": iso(start), "conn_id": "care360_matrix"})
+    output = capfd.readouterr()
+    text = output.out + output.err
+    ti = result.ti("book")
+
+    assert (state_of(ti), ti.try_number) == (case.state, case.tries), text[-3000:]
+    assert simulator.booked_count() == case.booked
+    # The invariants the matrix exists for.
+    assert simulator.booked_count() <= 1, "booked twice"
+    assert simulator.booked_count() == 1 or state_of(ti) == "failed", "lost without a failed task"
+    if case.text:
+        assert case.text in text
+    if case.waits_at_least is not None and RETRY_POLICIES_SUPPORTED:
+        first, second = tries(result)[:2]
+        assert first.retry_delay_override is not None
+        assert first.retry_delay_override >= case.waits_at_least
+        assert first.retry_delay_override <= max(case.waits_at_least, 6) * 1.1 + 1
+        waited = (second.start - first.end).total_seconds()
+        assert waited >= first.retry_delay_override - 0.05
+        assert waited <= first.retry_delay_override + 3  # dag.test() polls once a second
+
+
+@pytest.mark.skipif(not RETRY_POLICIES_SUPPORTED, reason="retry_policy arrived in Airflow 3.3")
+def test_a_retry_policy_of_the_users_own_wins(simulator: Care360Simulator) -> None:
+    simulator.inject(Fault(429, headers={"Retry-After": "1"}))
+    result = run_dag("care360_t_user_policy", {"start_time": iso(next_slot(days=2))})
+    ti = result.ti("book")
+    assert (state_of(ti), ti.try_number) == ("failed", 1)
+    assert simulator.bookings == []
+
+
+def test_the_operator_gets_the_provider_policy_by_default() -> None:
+    from support import get_test_dag
+
+    task = get_test_dag("care360_t_params").get_task("book")
+    if RETRY_POLICIES_SUPPORTED:
+        from airflow_provider_care360.retry import Care360RetryPolicy
+
+        assert isinstance(task.retry_policy, Care360RetryPolicy)
+    else:  # the documented fallback: exception types alone, no policy attribute to set
+        assert getattr(task, "retry_policy", None) is None
+
+
+def test_mapped_batch_of_30_under_a_rate_limit_books_each_exactly_once(
+    simulator: Care360Simulator, capsys: Any
+) -> None:
+    simulator.rate_limit, simulator.rate_window = 8, 3.0
+    invitees = [
+        {
+            "event_type_id": "evt-big",
+            "start_time": iso(next_slot(days=3, offset_slots=i)),
+            "invitee_email": f"batch{i:02d}@example.com",
+            "timezone": "UTC",
+            "location": "zoom_conference",
+        }
+        for i in range(30)
+    ]
+    started = time.monotonic()
+    result = run_dag("care360_t_big_batch", {"invitees": invitees})
+    wall = time.monotonic() - started
+
+    statuses = [r["status"] for r in simulator.requests]
+    assert result.state == "success"
+    assert sorted(b["email"] for b in simulator.bookings) == sorted(i["invitee_email"] for i in invitees)
+    assert statuses.count(200) == 30
+    assert statuses.count(429) >= 3  # the limit really forced retries
+    failed = [k for k, ti in result.tis.items() if k[0] == "book" and state_of(ti) != "success"]
+    assert failed == []
+    with capsys.disabled():
+        print(
+            f"\n[batch] 30 bookings under 8 per 3 s: {statuses.count(429)} answers of 429, "
+            f"wall time {wall:.1f} s (floor {30 / 8 * 3 - 3:.1f} s)"
+        )
