@@ -23,7 +23,6 @@ alone, and a 429 waits the task's ``retry_delay``.
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +92,8 @@ class Care360RetryPolicy(RetryPolicy):  # type: ignore[misc,valid-type]
 
     def delay_for(self, error: Care360Error, try_number: int, task_retry_delay: float | None) -> float:
         """Seconds to wait after a 429 on try ``try_number`` (1-based)."""
+        import random
+
         if error.retry_after is not None:
             wait = min(self.max_delay, error.retry_after)
             return max(1.0, wait + random.uniform(0, self.jitter * max(wait, 1.0)))

@@ -338,7 +338,7 @@ class Care360Hook(BaseHook):
     def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
         """POST an already validated body (from ``build_booking_payload``) and parse the answer."""
         status, headers, body = self._request("POST", APPOINTMENTS_PATH, json=payload)
-        self.log.info("Care360 answered %s to the booking request", status)
+        self.log.debug("Care360 answered %s to the booking request", status)
         return parse_response(
             status, headers, body, conn_id=self.care360_conn_id, secret=self.settings.api_key
         )

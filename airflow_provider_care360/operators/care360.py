@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_care360._pii import mask_email
-from airflow_provider_care360.exceptions import Care360AmbiguousError, Care360AmbiguousRetryableError
-from airflow_provider_care360.hooks.care360 import Care360Hook, Timeout
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
-from airflow_provider_care360.validation import build_booking_payload
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+
+    from airflow_provider_care360.hooks.care360 import Care360Hook, Timeout
+
+# The hook, validation and response handling are imported in execute(): a scheduler parsing a DAG
+# file that uses this operator only pays for what building the task needs.
 
 __all__ = ["ScheduleAppointmentOperator"]
 
@@ -80,7 +81,7 @@ class ScheduleAppointmentOperator(BaseOperator):
         first_name: str | None = None,
         last_name: str | None = None,
         tracking: dict[str, str | None] | str | None = None,
-        care360_conn_id: str = Care360Hook.default_conn_name,
+        care360_conn_id: str = "care360_default",
         request_timeout: Timeout | None = None,
         retry_on_ambiguous: bool = False,
         **kwargs: Any,
@@ -102,9 +103,18 @@ class ScheduleAppointmentOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> Care360Hook:
+        from airflow_provider_care360.hooks.care360 import Care360Hook
+
         return Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_care360._pii import mask_email
+        from airflow_provider_care360.exceptions import (
+            Care360AmbiguousError,
+            Care360AmbiguousRetryableError,
+        )
+        from airflow_provider_care360.validation import build_booking_payload
+
         payload = build_booking_payload(
             event_type_id=self.event_type_id,
             start_time=self.start_time,
