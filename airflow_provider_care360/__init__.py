@@ -20,6 +20,35 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "connection-type": "care360",
                 "hook-class-name": "airflow_provider_care360.hooks.care360.Care360Hook",
+                "hook-name": "Care360",
+                # Airflow >= 3.2 builds the connection form from these two entries without
+                # importing the hook; older versions ask the hook (see Care360Hook).
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"password": "API Key", "host": "Base URL override"},
+                    "placeholders": {
+                        "password": "the organisation's Care360 API key",
+                        "host": "optional, e.g. http://127.0.0.1:8360 for the local simulator",
+                        "timeout": "30",
+                    },
+                },
+                "conn-fields": {
+                    "environment": {
+                        "label": "Environment",
+                        "schema": {"type": "string", "enum": ["production", "staging"], "default": "production"},
+                        "description": "The Care360 environment; ignored when a base URL override is set.",
+                    },
+                    "timeout": {
+                        "label": "Timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 600},
+                        "description": "Optional. Connect and read timeout of each request; default 10 s / 30 s.",
+                    },
+                    "allow_insecure_http": {
+                        "label": "Allow plain HTTP",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                        "description": "Send the key over http:// to a non-loopback base URL. Off by default.",
+                    },
+                },
             }
         ],
     }

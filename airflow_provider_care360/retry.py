@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
-from airflow_provider_care360.exceptions import Care360Error, Outcome
+if TYPE_CHECKING:
+    from airflow_provider_care360.exceptions import Care360Error
 
 if TYPE_CHECKING or AIRFLOW_V_3_3_PLUS:
     from airflow.providers.common.compat.sdk import RetryDecision, RetryPolicy
@@ -50,6 +51,8 @@ def _seconds(value: timedelta | float | None) -> float | None:
 
 def find_care360_error(exception: BaseException | None) -> Care360Error | None:
     """The ``Care360Error`` behind an exception (itself, or along its cause/context chain)."""
+    from airflow_provider_care360.exceptions import Care360Error
+
     seen: set[int] = set()
     while exception is not None and id(exception) not in seen:
         if isinstance(exception, Care360Error):
@@ -108,6 +111,8 @@ class Care360RetryPolicy(RetryPolicy):  # type: ignore[misc,valid-type]
         max_tries: int,
         context: Any = None,
     ) -> RetryDecision:
+        from airflow_provider_care360.exceptions import Outcome
+
         error = find_care360_error(exception)
         if error is None:
             return RetryDecision.default()

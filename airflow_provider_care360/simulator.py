@@ -142,9 +142,10 @@ class Care360Simulator:
         self.one_on_one = one_on_one
         self._lock = threading.Lock()
         self._bookings: list[dict[str, Any]] = []
+        self._taken: set[tuple[str, str]] = set()
         self._requests: list[dict[str, Any]] = []
         self._faults: deque[Fault] = deque()
-        self._window_start = time.monotonic()
+        self._window_start: float | None = None  # a window opens at the first request
         self._window_count = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -217,9 +218,10 @@ class Care360Simulator:
         """Forget bookings, requests, pending faults and the rate-limit window."""
         with self._lock:
             self._bookings.clear()
+            self._taken.clear()
             self._requests.clear()
             self._faults.clear()
-            self._window_start = time.monotonic()
+            self._window_start = None
             self._window_count = 0
 
     def inject(self, fault: Fault, times: int = 1) -> None:
@@ -238,7 +240,7 @@ class Care360Simulator:
             return False, {}
         with self._lock:
             now = time.monotonic()
-            if now - self._window_start >= self.rate_window:
+            if self._window_start is None or now - self._window_start >= self.rate_window:
                 self._window_start, self._window_count = now, 0
             reset_in = max(1, math.ceil(self._window_start + self.rate_window - now))
             limited = self._window_count >= self.rate_limit
@@ -309,10 +311,10 @@ class Care360Simulator:
         start = datetime.fromisoformat(body["startTime"]).astimezone(timezone.utc)
         slot = start.strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._lock:
-            if not force and self.one_on_one:
-                for booked in self._bookings:
-                    if booked["eventTypeId"] == body["eventTypeId"] and booked["slot"] == slot:
-                        return "startTime is not a correct slot: it is already booked"
+            key = (body["eventTypeId"], slot)
+            if not force and self.one_on_one and key in self._taken:
+                return "startTime is not a correct slot: it is already booked"
+            self._taken.add(key)
             self._bookings.append(
                 {
                     "id": str(uuid.uuid4()),
@@ -338,6 +340,9 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "Care360Simulator"
         timeout = 30  # idle keep-alive connections are closed after this
+        # Headers and body go out in two writes; without TCP_NODELAY the second waits for the
+        # client's delayed ACK (~40 ms a request).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass  # quiet: no request lines (they would carry invitee data) on stderr

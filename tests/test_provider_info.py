@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from importlib.metadata import entry_points
+from typing import Any
 
 from support import airflow_cli
 
@@ -16,12 +17,11 @@ def test_get_provider_info_describes_the_connection_type() -> None:
     assert info["package-name"] == "airflow-provider-care360"
     assert info["versions"] == [__version__]
     assert {"name", "description"} <= set(info)
-    assert info["connection-types"] == [
-        {
-            "connection-type": "care360",
-            "hook-class-name": "airflow_provider_care360.hooks.care360.Care360Hook",
-        }
-    ]
+    [conn_type] = info["connection-types"]
+    assert conn_type["connection-type"] == "care360"
+    assert conn_type["hook-class-name"] == "airflow_provider_care360.hooks.care360.Care360Hook"
+    assert conn_type["hook-name"] == "Care360"
+    assert set(conn_type["conn-fields"]) == {"environment", "timeout", "allow_insecure_http"}
 
 
 def test_entry_point_points_at_get_provider_info() -> None:
@@ -50,3 +50,43 @@ def test_airflow_providers_list_shows_it() -> None:
         capture_output=True, text=True, check=True, env=os.environ.copy(),
     )
     assert "airflow-provider-care360" in out.stdout
+
+
+def _fresh_manager() -> Any:
+    from airflow.providers_manager import ProvidersManager
+
+    ProvidersManager._initialized = False  # type: ignore[attr-defined]
+    ProvidersManager._instance = None  # type: ignore[attr-defined]
+    return ProvidersManager()
+
+
+def test_connection_form_fields_for_the_ui() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manager = _fresh_manager()
+        widgets = manager.connection_form_widgets
+        behaviour = manager.field_behaviours["care360"]
+        manager.hooks["care360"]  # importing the hook must not warn about the legacy form either
+    legacy = [w for w in caught if "care360" in str(w.message).lower() or "Care360Hook" in str(w.message)]
+    assert legacy == []
+
+    env = widgets["extra__care360__environment"].field
+    assert env["schema"]["enum"] == ["production", "staging"] and env["value"] == "production"
+    assert env["schema"]["title"] == "Environment"
+    assert "extra__care360__timeout" in widgets and "extra__care360__allow_insecure_http" in widgets
+    assert behaviour["relabeling"] == {"password": "API Key", "host": "Base URL override"}
+    assert {"schema", "port", "login", "extra"} <= set(behaviour["hidden_fields"])
+    assert "127.0.0.1:8360" in behaviour["placeholders"]["host"]
+
+
+def test_provider_info_and_legacy_form_describe_the_same_fields() -> None:
+    from airflow_provider_care360.hooks.care360 import Care360Hook
+
+    [conn_type] = get_provider_info()["connection-types"]
+    legacy = Care360Hook.get_ui_field_behaviour()
+    declared = conn_type["ui-field-behaviour"]
+    assert legacy["hidden_fields"] == declared["hidden-fields"]
+    assert legacy["relabeling"] == declared["relabeling"]
+    assert legacy["placeholders"] == declared["placeholders"]

@@ -144,15 +144,47 @@ class Care360Hook(BaseHook):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(care360_conn_id={self.care360_conn_id!r})"
 
+    # The connection form on Airflow < 3.2 (3.2+ reads "conn-fields" from get_provider_info()).
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the ``care360`` connection form (Airflow < 3.2)."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, StringField
+        from wtforms.validators import AnyOf, Optional
+
+        return {
+            "environment": StringField(
+                lazy_gettext("Environment"),
+                widget=BS3TextFieldWidget(),
+                validators=[Optional(), AnyOf(list(ENVIRONMENTS))],
+                description="production (default) or staging; ignored when a base URL override is set.",
+                default="production",
+            ),
+            "timeout": StringField(
+                lazy_gettext("Timeout (seconds)"),
+                widget=BS3TextFieldWidget(),
+                validators=[Optional()],
+                description="Optional. One number, or connect,read; default 10,30.",
+            ),
+            "allow_insecure_http": BooleanField(
+                lazy_gettext("Allow plain HTTP"),
+                default=False,
+                description="Send the key over http:// to a non-loopback base URL.",
+            ),
+        }
+
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel the connection form for Care360 (Airflow UI)."""
+        """Relabel and trim the connection form (Airflow < 3.2)."""
         return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"password": "API Key", "host": "Base URL override (optional)"},
+            "hidden_fields": ["schema", "port", "login", "extra"],
+            "relabeling": {"password": "API Key", "host": "Base URL override"},
             "placeholders": {
-                "host": "http://127.0.0.1:8360 (leave empty to use extra.environment)",
-                "extra": '{"environment": "production", "timeout": 30}',
+                "password": "the organisation's Care360 API key",
+                "host": "optional, e.g. http://127.0.0.1:8360 for the local simulator",
+                "timeout": "30",
             },
         }
 
@@ -163,7 +195,9 @@ class Care360Hook(BaseHook):
         """Base URL, key and timeout, read from the connection once per hook."""
         where = f"Care360 connection {self.care360_conn_id!r}"
         conn = self.get_connection(self.care360_conn_id)
-        extra = conn.extra_dejson if conn.extra else {}
+        raw = conn.extra_dejson if conn.extra else {}
+        # Older connection forms stored their fields as "extra__care360__<name>".
+        extra = {k.removeprefix("extra__care360__"): v for k, v in raw.items() if v not in (None, "")}
 
         api_key = (conn.password or "").strip()
         if not api_key:

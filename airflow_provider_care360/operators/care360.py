@@ -101,6 +101,16 @@ class ScheduleAppointmentOperator(BaseOperator):
         self.request_timeout = request_timeout
         self.retry_on_ambiguous = retry_on_ambiguous
 
+    def render_template(
+        self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
+    ) -> Any:
+        # A string with no Jinja markers renders to itself: skip compiling it (mapped batches
+        # pass literal values for every field). It also keeps "123" a string under
+        # render_template_as_native_obj, where Jinja would turn it into an int.
+        if isinstance(content, str) and not any(mark in content for mark in ("{{", "{%", "{#")):
+            return content
+        return super().render_template(content, context, jinja_env, seen_oids)
+
     @cached_property
     def hook(self) -> Care360Hook:
         from airflow_provider_care360.hooks.care360 import Care360Hook

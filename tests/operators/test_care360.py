@@ -339,3 +339,14 @@ def test_email_is_not_a_booking_field_and_invitee_email_is() -> None:
     task = get_test_dag("care360_t_alerting").get_task("book")
     assert task.email == ["oncall@example.org"]
     assert task.invitee_email == "{{ params.email }}"
+
+
+def test_literal_strings_are_not_sent_through_jinja() -> None:
+    task = get_test_dag("care360_t_native").get_task("book")  # render_template_as_native_obj=True
+    env = task.get_template_env()
+    assert task.render_template("123", {}, env) == "123"  # Jinja's native mode would give int 123
+    assert task.render_template("{{ 6 * 7 }}", {}, env) == 42
+    assert task.render_template({"utmSource": "{{ 'crm' }}", "utmTerm": "plain"}, {}, env) == {
+        "utmSource": "crm",
+        "utmTerm": "plain",
+    }
