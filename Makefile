@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench lint dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e ".[bench]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
 
@@ -30,6 +34,18 @@ test: $(VENV)/.installed-test
 # `make bench` prints the table; `make bench QUICK=1` runs every benchmark small (CI, under 2 minutes).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy airflow_provider_care360
+
+# A wheel and an sdist that pass `twine check` and carry what they should (scripts/check_dist.py).
+dist: $(VENV)/.installed-dev
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist . >/dev/null
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python scripts/check_dist.py dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -35,18 +35,22 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "environment": {
                         "label": "Environment",
-                        "schema": {"type": "string", "enum": ["production", "staging"], "default": "production"},
+                        "schema": {
+                            "type": "string",
+                            "enum": ["production", "staging"],
+                            "default": "production",
+                        },
                         "description": "The Care360 environment; ignored when a base URL override is set.",
                     },
                     "timeout": {
                         "label": "Timeout (seconds)",
                         "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 600},
-                        "description": "Optional. Connect and read timeout of each request; default 10 s / 30 s.",
+                        "description": "Optional. Connect and read timeout per request (default 10 / 30 s).",
                     },
                     "allow_insecure_http": {
                         "label": "Allow plain HTTP",
                         "schema": {"type": ["boolean", "null"], "default": False},
-                        "description": "Send the key over http:// to a non-loopback base URL. Off by default.",
+                        "description": "Send the key over http:// to a non-loopback URL (off by default).",
                     },
                 },
             }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_care360.exceptions import (
@@ -50,8 +50,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when is None:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
     return max(0.0, (when - current).total_seconds())
 
 
@@ -66,7 +66,7 @@ def parse_rate_limit_reset(value: str | None, now: datetime | None = None) -> fl
     if number != number or number < 0 or number == float("inf"):  # NaN, negative, inf
         return None
     if number >= _EPOCH_THRESHOLD:
-        current = (now or datetime.now(timezone.utc)).timestamp()
+        current = (now or datetime.now(UTC)).timestamp()
         return max(0.0, number - current)
     return number
 
@@ -179,4 +179,3 @@ def parse_response(
         "for this invitee before running the task again.",
         **details,
     )
-

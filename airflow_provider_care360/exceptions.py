@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What happened to a booking attempt, as far as the client can know."""
 
     BOOKED = "booked"
@@ -77,7 +77,9 @@ class Care360Error(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        # The Care360 response's status; it replaces AirflowException's class-level HTTPStatus,
+        # which only matters to exceptions raised inside Airflow's own API server.
+        self.status_code = status_code  # type: ignore[assignment]
         self.api_message = api_message
         self.api_error = api_error
         self.retry_after = retry_after

@@ -62,7 +62,7 @@ def find_care360_error(exception: BaseException | None) -> Care360Error | None:
     return None
 
 
-class Care360RetryPolicy(RetryPolicy):  # type: ignore[misc,valid-type]
+class Care360RetryPolicy(RetryPolicy):
     """
     Retry policy for Care360 bookings.
 
@@ -100,8 +100,8 @@ class Care360RetryPolicy(RetryPolicy):  # type: ignore[misc,valid-type]
         if error.retry_after is not None:
             wait = min(self.max_delay, error.retry_after)
             return max(1.0, wait + random.uniform(0, self.jitter * max(wait, 1.0)))
-        base = self.backoff_base or task_retry_delay or _FALLBACK_BASE
-        wait = min(self.max_delay, base * 2 ** max(0, try_number - 1))
+        base: float = self.backoff_base or task_retry_delay or _FALLBACK_BASE
+        wait = min(self.max_delay, base * 2.0 ** max(0, try_number - 1))
         return max(1.0, wait * (1 - random.uniform(0, self.jitter)))
 
     def evaluate(

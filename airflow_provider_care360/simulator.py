@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -300,7 +300,7 @@ class Care360Simulator:
             return "startTime must be a valid ISO 8601 date-time"
         if start.tzinfo is None:
             return "startTime must be a valid ISO 8601 date-time with a time zone"
-        if start <= datetime.now(timezone.utc):
+        if start <= datetime.now(UTC):
             return "startTime is not a correct slot: it is in the past"
         if start.second or start.microsecond or start.minute % self.slot_minutes:
             return f"startTime is not a correct slot: slots start every {self.slot_minutes} minutes"
@@ -308,7 +308,7 @@ class Care360Simulator:
 
     def _apply(self, body: dict[str, Any], force: bool = False) -> str | None:
         """Record a booking; the slot-taken error if the slot was booked already."""
-        start = datetime.fromisoformat(body["startTime"]).astimezone(timezone.utc)
+        start = datetime.fromisoformat(body["startTime"]).astimezone(UTC)
         slot = start.strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._lock:
             key = (body["eventTypeId"], slot)
@@ -319,7 +319,7 @@ class Care360Simulator:
                 {
                     "id": str(uuid.uuid4()),
                     "slot": slot,
-                    "bookedAt": datetime.now(timezone.utc).isoformat(),
+                    "bookedAt": datetime.now(UTC).isoformat(),
                     **body,
                 }
             )
@@ -349,8 +349,13 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
 
         # -- plumbing -------------------------------------------------------------------------
 
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            body: Any,
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+        ) -> None:
             if isinstance(body, bytes):
                 data = body
             elif isinstance(body, str):
@@ -390,11 +395,16 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             url = urlsplit(self.path)
             if url.path.startswith(ADMIN):
-                self._admin_get(url.path[len(ADMIN):])
+                self._admin_get(url.path[len(ADMIN) :])
                 return
             query = parse_qs(url.query)
-            entry = {"method": "GET", "path": url.path, "query": query, "headers": dict(self.headers),
-                     "body": None}
+            entry: dict[str, Any] = {
+                "method": "GET",
+                "path": url.path,
+                "query": query,
+                "headers": dict(self.headers),
+                "body": None,
+            }
             status, body = self._availability(url.path, query)
             entry["status"] = status
             sim._record(entry)
@@ -416,15 +426,20 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 self._send(400, _json_body(400, "Invalid request", "Content-Length is required"))
                 return
             if url.path.startswith(ADMIN):
-                self._admin_post(url.path[len(ADMIN):], raw)
+                self._admin_post(url.path[len(ADMIN) :], raw)
                 return
             try:
                 body: Any = json.loads(raw) if raw else None
                 parsed = True
             except ValueError:
                 body, parsed = raw.decode("utf-8", "replace"), False
-            entry = {"method": "POST", "path": url.path, "query": parse_qs(url.query),
-                     "headers": dict(self.headers), "body": body}
+            entry = {
+                "method": "POST",
+                "path": url.path,
+                "query": parse_qs(url.query),
+                "headers": dict(self.headers),
+                "body": body,
+            }
             if url.path != APPOINTMENTS:
                 entry["status"] = 404
                 sim._record(entry)
@@ -451,7 +466,11 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
             if not parsed:
                 return 400, _json_body(400, "Invalid request", "body must be valid JSON"), headers
             if self.headers.get_content_type() != "application/json":
-                return 400, _json_body(400, "Invalid request", "Content-Type must be application/json"), headers
+                return (
+                    400,
+                    _json_body(400, "Invalid request", "Content-Type must be application/json"),
+                    headers,
+                )
             problem = sim._check_booking(body) or sim._apply(body)
             if problem:
                 return 400, _json_body(400, "Invalid request", problem), headers
@@ -512,15 +531,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8360, help="port; 0 picks a free one (default 8360)")
-    parser.add_argument("--api-key", default=os.environ.get("CARE360_SIMULATOR_API_KEY"),
-                        help="the accepted API key (default: $CARE360_SIMULATOR_API_KEY)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("CARE360_SIMULATOR_API_KEY"),
+        help="the accepted API key (default: $CARE360_SIMULATOR_API_KEY)",
+    )
     parser.add_argument("--rate-limit", type=int, default=None, help="booking requests per window")
     parser.add_argument("--rate-window", type=float, default=60.0, help="rate-limit window in seconds")
     parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
     parser.add_argument("--rate-limit-headers", action="store_true", help="send X-RateLimit-* headers")
     parser.add_argument("--slot-minutes", type=int, default=30, help="slot length in minutes (default 30)")
-    parser.add_argument("--event-type", action="append", dest="event_types",
-                        help="an event type id that exists (repeatable; default: any)")
+    parser.add_argument(
+        "--event-type",
+        action="append",
+        dest="event_types",
+        help="an event type id that exists (repeatable; default: any)",
+    )
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     args = parser.parse_args(argv)
     if not args.api_key:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
@@ -60,7 +60,7 @@ def _parse_start(value: object) -> datetime | None:
 
 def format_start_time(value: datetime) -> str:
     """Format an aware datetime in the contract's ``YYYY-MM-DDTHH:MM:SSZ`` form (UTC)."""
-    return value.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _normalise_tracking(value: object, problems: list[str]) -> dict[str, str | None] | None:
@@ -176,7 +176,7 @@ def build_booking_payload(
                 else:
                     parsed = None  # the timezone problem is already reported
             if parsed is not None:
-                current = now or datetime.now(dt_timezone.utc)
+                current = now or datetime.now(UTC)
                 if parsed <= current:
                     problems.append(
                         f"start_time: {format_start_time(parsed)} is not in the future "

@@ -31,7 +31,7 @@ import textwrap
 import time
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class Row:
 
 
 def slot(i: int, day: int = 2) -> str:
-    base = (datetime.now(timezone.utc) + timedelta(days=day)).replace(hour=0, minute=0, second=0, microsecond=0)
+    base = (datetime.now(UTC) + timedelta(days=day)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (base + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -64,9 +64,20 @@ class Simulator:
         self.dir = Path(tempfile.mkdtemp(prefix="care360-bench-sim-"))
         port_file = self.dir / "port"
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "airflow_provider_care360.simulator", "--port", "0", "--api-key", API_KEY,
-             "--port-file", str(port_file), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                PYTHON,
+                "-m",
+                "airflow_provider_care360.simulator",
+                "--port",
+                "0",
+                "--api-key",
+                API_KEY,
+                "--port-file",
+                str(port_file),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while not port_file.exists():
@@ -95,8 +106,11 @@ class Simulator:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def conn_env(self) -> dict[str, str]:
-        return {"AIRFLOW_CONN_CARE360_DEFAULT": json.dumps(
-            {"conn_type": "care360", "password": API_KEY, "host": self.url})}
+        return {
+            "AIRFLOW_CONN_CARE360_DEFAULT": json.dumps(
+                {"conn_type": "care360", "password": API_KEY, "host": self.url}
+            )
+        }
 
 
 # -- 1. import cost --------------------------------------------------------------------------------
@@ -123,8 +137,15 @@ def bench_import(repeats: int) -> Row:
         anchor.append(_import_ms("airflow.providers.http.operators.http"))
     b = statistics.median(base)
     o, a = statistics.median(ours) - b, statistics.median(anchor) - b
-    return Row("1", "import the operator module (adds, ms)", f"{o:.1f} ms",
-               f"{a:.1f} ms (http provider)", f"{o / a:.3f}", "<= 5 ms", "yes" if o <= 5 else "NO")
+    return Row(
+        "1",
+        "import the operator module (adds, ms)",
+        f"{o:.1f} ms",
+        f"{a:.1f} ms (http provider)",
+        f"{o / a:.3f}",
+        "<= 5 ms",
+        "yes" if o <= 5 else "NO",
+    )
 
 
 # -- 2. client overhead ---------------------------------------------------------------------------
@@ -141,8 +162,13 @@ def bench_client(n: int, repeats: int, sim: Simulator) -> Row:
         hook = Care360Hook()
         t = time.perf_counter()
         for i in range(n):
-            hook.schedule_appointment(event_type_id=EVENT, start_time=slot(i), email=f"p{i}@example.com",
-                                      timezone="UTC", location="zoom_conference")
+            hook.schedule_appointment(
+                event_type_id=EVENT,
+                start_time=slot(i),
+                email=f"p{i}@example.com",
+                timezone="UTC",
+                location="zoom_conference",
+            )
         elapsed = time.perf_counter() - t
         hook.close()
         return elapsed
@@ -153,10 +179,16 @@ def bench_client(n: int, repeats: int, sim: Simulator) -> Row:
         headers = {"cv-api-key": API_KEY}
         t = time.perf_counter()
         for i in range(n):
-            body = {"eventTypeId": EVENT, "startTime": slot(i), "email": f"p{i}@example.com",
-                    "timezone": "UTC", "location": "zoom_conference"}
-            response = session.post(sim.url + "/api/v1/calendar/appointments", json=body, headers=headers,
-                                    timeout=(10, 30))
+            body = {
+                "eventTypeId": EVENT,
+                "startTime": slot(i),
+                "email": f"p{i}@example.com",
+                "timezone": "UTC",
+                "location": "zoom_conference",
+            }
+            response = session.post(
+                sim.url + "/api/v1/calendar/appointments", json=body, headers=headers, timeout=(10, 30)
+            )
             if response.status_code != 200 or response.json().get("success") is not True:
                 raise RuntimeError(f"bare POST failed: {response.status_code}")
         elapsed = time.perf_counter() - t
@@ -173,9 +205,15 @@ def bench_client(n: int, repeats: int, sim: Simulator) -> Row:
     if len(sim.bookings()) != n:
         raise RuntimeError("the last run did not book every invitee")
     o, f = statistics.median(a), statistics.median(b)
-    return Row("2", f"{n} bookings through Care360Hook", f"{o * 1000 / n:.3f} ms/booking",
-               f"{f * 1000 / n:.3f} ms (bare requests.Session)", f"{o / f:.3f}", "<= 1.10",
-               "yes" if o / f <= 1.10 else "NO")
+    return Row(
+        "2",
+        f"{n} bookings through Care360Hook",
+        f"{o * 1000 / n:.3f} ms/booking",
+        f"{f * 1000 / n:.3f} ms (bare requests.Session)",
+        f"{o / f:.3f}",
+        "<= 1.10",
+        "yes" if o / f <= 1.10 else "NO",
+    )
 
 
 # -- 3 and 4: DAG runs through `airflow dags test` ------------------------------------------------
@@ -209,7 +247,8 @@ class DoNothingTemplatedOperator(DoNothingOperator):
 @task
 def invitees():
     base = (datetime.now(timezone.utc) + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return [{{"event_type_id": "{event}", "start_time": (base + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    return [{{"event_type_id": "{event}",
+             "start_time": (base + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"),
              "invitee_email": f"p{{i}}@example.com", "timezone": "UTC", "location": "zoom_conference"}}
             for i in range(N)]
 
@@ -275,10 +314,12 @@ class AirflowHome:
             run_id = db.execute(
                 "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
             ).fetchone()[0]
-            return int(db.execute(
-                "SELECT count(*) FROM task_instance WHERE dag_id = ? AND run_id = ? AND state = 'failed'",
-                (dag_id, run_id),
-            ).fetchone()[0])
+            return int(
+                db.execute(
+                    "SELECT count(*) FROM task_instance WHERE dag_id = ? AND run_id = ? AND state = 'failed'",
+                    (dag_id, run_id),
+                ).fetchone()[0]
+            )
 
     def close(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
@@ -298,10 +339,24 @@ def bench_airflow(home: AirflowHome, n: int, repeats: int, sim: Simulator) -> li
             runs[dag_id].append(duration)
     o, f, t = (statistics.median(runs[d]) for d in runs)
     return [
-        Row("3", f"DAG run, {n} mapped bookings (dags test)", f"{o:.2f} s", f"{f:.2f} s (no-op mapped operator)",
-            f"{o / f:.3f}", "<= 1.15", "yes" if o / f <= 1.15 else "NO"),
-        Row("3b", "  the same, against a no-op with our template fields", f"{o:.2f} s",
-            f"{t:.2f} s (templated no-op)", f"{o / t:.3f}", "(what the provider adds)", "-"),
+        Row(
+            "3",
+            f"DAG run, {n} mapped bookings (dags test)",
+            f"{o:.2f} s",
+            f"{f:.2f} s (no-op mapped operator)",
+            f"{o / f:.3f}",
+            "<= 1.15",
+            "yes" if o / f <= 1.15 else "NO",
+        ),
+        Row(
+            "3b",
+            "  the same, against a no-op with our template fields",
+            f"{o:.2f} s",
+            f"{t:.2f} s (templated no-op)",
+            f"{o / t:.3f}",
+            "(what the provider adds)",
+            "-",
+        ),
     ]
 
 
@@ -320,15 +375,17 @@ def bench_throughput(home: AirflowHome, n: int, limit: int, window: float) -> li
             booked = len(sim.bookings())
             throttled = sim.statuses().count(429)
             ok = failed == 0 and booked == n and duration <= 1.5 * floor
-            rows.append(Row(
-                "4" + ("a" if dag_id == "bench_rate_policy" else "b"),
-                f"{n} bookings at {limit}/{window:g} s: {label}",
-                f"{duration:.1f} s; {booked} booked, {failed} failed, {throttled} x 429",
-                f"{floor:.1f} s (ceil(N/R) windows)",
-                f"{duration / floor:.3f}",
-                "<= 1.5, 0 failed" if dag_id == "bench_rate_policy" else "(comparison)",
-                ("yes" if ok else "NO") if dag_id == "bench_rate_policy" else "-",
-            ))
+            rows.append(
+                Row(
+                    "4" + ("a" if dag_id == "bench_rate_policy" else "b"),
+                    f"{n} bookings at {limit}/{window:g} s: {label}",
+                    f"{duration:.1f} s; {booked} booked, {failed} failed, {throttled} x 429",
+                    f"{floor:.1f} s (ceil(N/R) windows)",
+                    f"{duration / floor:.3f}",
+                    "<= 1.5, 0 failed" if dag_id == "bench_rate_policy" else "(comparison)",
+                    ("yes" if ok else "NO") if dag_id == "bench_rate_policy" else "-",
+                )
+            )
     finally:
         sim.close()
     return rows
@@ -341,15 +398,25 @@ def main() -> int:
     args = parser.parse_args()
     q = args.quick
     only = {int(r) for r in args.rows.split(",")}
-    sizes = dict(imports=3 if q else 15, client_n=100 if q else 1000, client_rep=1 if q else 7,
-                 dag_n=5 if q else 100, dag_rep=1 if q else 3, rate_n=6 if q else 60,
-                 rate_limit=3 if q else 12, rate_window=2.0 if q else 5.0)
+    sizes = dict(
+        imports=3 if q else 15,
+        client_n=100 if q else 1000,
+        client_rep=1 if q else 7,
+        dag_n=5 if q else 100,
+        dag_rep=1 if q else 3,
+        rate_n=6 if q else 60,
+        rate_limit=3 if q else 12,
+        rate_window=2.0 if q else 5.0,
+    )
 
     from importlib.metadata import version
 
-    print(f"Care360 provider benchmarks{' (quick)' if q else ''}: Python {platform.python_version()}, "
-          f"apache-airflow {version('apache-airflow')}, {platform.machine()} with {os.cpu_count()} cores, "
-          f"{platform.platform()}", flush=True)
+    print(
+        f"Care360 provider benchmarks{' (quick)' if q else ''}: Python {platform.python_version()}, "
+        f"apache-airflow {version('apache-airflow')}, {platform.machine()} with {os.cpu_count()} cores, "
+        f"{platform.platform()}",
+        flush=True,
+    )
     started = time.monotonic()
     rows = [bench_import(sizes["imports"])] if 1 in only else []
     print(f"  import cost measured ({time.monotonic() - started:.0f} s)", flush=True)
@@ -367,7 +434,9 @@ def main() -> int:
     rate_home = AirflowHome(sizes["rate_n"])
     try:
         if 4 in only:
-            rows.extend(bench_throughput(rate_home, sizes["rate_n"], sizes["rate_limit"], sizes["rate_window"]))
+            rows.extend(
+                bench_throughput(rate_home, sizes["rate_n"], sizes["rate_limit"], sizes["rate_window"])
+            )
     finally:
         home.close()
         rate_home.close()
@@ -380,7 +449,7 @@ def main() -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     print()
     for i, row in enumerate(table):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f} s; medians of repeats, sides alternated.")

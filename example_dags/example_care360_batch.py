@@ -20,7 +20,7 @@ Connection: ``care360_default`` of type ``Care360``, the API key as its password
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.common.compat.sdk import DAG, task
@@ -34,9 +34,7 @@ BATCH_SIZE = 10
 @task
 def load_invitees() -> list[dict[str, Any]]:
     """Stand-in for a CRM export: ten invitees, each in its own slot tomorrow from 14:00 UTC."""
-    first_slot = (datetime.now(timezone.utc) + timedelta(days=1)).replace(
-        hour=14, minute=0, second=0, microsecond=0
-    )
+    first_slot = (datetime.now(UTC) + timedelta(days=1)).replace(hour=14, minute=0, second=0, microsecond=0)
     return [
         {
             "start_time": (first_slot + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -40,8 +40,12 @@ def select_referrals(
     assert data_interval_start is not None and data_interval_end is not None  # filled in by Airflow
     # Stand-in rows: a referral at the start and one at the half hour of the interval.
     rows = [
-        {"email": f"referral{i}@example.com", "first_name": f"Referral{i}", "timezone": "America/Chicago",
-         "created_at": data_interval_start + timedelta(minutes=30 * i)}
+        {
+            "email": f"referral{i}@example.com",
+            "first_name": f"Referral{i}",
+            "timezone": "America/Chicago",
+            "created_at": data_interval_start + timedelta(minutes=30 * i),
+        }
         for i in range(2)
     ]
     return [
@@ -60,6 +64,7 @@ def select_referrals(
         for row in rows
         if data_interval_start <= row["created_at"] < data_interval_end
     ]
+
 
 with DAG(
     dag_id="example_care360_hourly_referrals",

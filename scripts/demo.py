@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow_provider_care360.simulator import Care360Simulator
@@ -50,19 +50,31 @@ def main() -> int:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             **sim.airflow_connection_env(),
         }
-        start = (datetime.now(timezone.utc) + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+        start = (datetime.now(UTC) + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
         conf = (
             '{"email": "jane.doe@example.com", "first_name": "Jane", "last_name": "Doe", '
             f'"start_time": "{start:%Y-%m-%dT%H:%M:%SZ}", "timezone": "America/New_York"}}'
         )
         try:
             run("migrate a throwaway Airflow metadata DB", ["db", "migrate"], env, logs)
-            run("create the care360 pool (4 slots)",
-                ["pools", "set", "care360", "4", "Care360 booking API"], env, logs)
-            run("example 1: one booking from params",
-                ["dags", "test", "example_care360_single_booking", "-c", conf], env, logs)
-            run("example 3: a batch of 10 with expand_kwargs",
-                ["dags", "test", "example_care360_batch"], env, logs)
+            run(
+                "create the care360 pool (4 slots)",
+                ["pools", "set", "care360", "4", "Care360 booking API"],
+                env,
+                logs,
+            )
+            run(
+                "example 1: one booking from params",
+                ["dags", "test", "example_care360_single_booking", "-c", conf],
+                env,
+                logs,
+            )
+            run(
+                "example 3: a batch of 10 with expand_kwargs",
+                ["dags", "test", "example_care360_batch"],
+                env,
+                logs,
+            )
         finally:
             bookings = sim.bookings
         print(f"\nThe simulator booked {len(bookings)} appointment(s):")

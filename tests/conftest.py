@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support import TEST_DAGS, airflow_cli
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="care360-airflow-home-"))
@@ -55,5 +56,3 @@ def simulator(api_key: str, monkeypatch: pytest.MonkeyPatch) -> Any:
         for name, value in sim.airflow_connection_env().items():
             monkeypatch.setenv(name, value)
         yield sim
-
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ def airflow_cli() -> str:
 
 def next_slot(days: int = 1, offset_slots: int = 0) -> datetime:
     """A future half-hour slot (UTC), ``offset_slots`` half hours after ``days`` from now."""
-    base = (datetime.now(timezone.utc) + timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    base = (datetime.now(UTC) + timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
     return base + timedelta(minutes=30 * offset_slots)
 
 

@@ -6,10 +6,11 @@ import json
 import os
 import socket
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from support import EXAMPLE_DAGS, airflow_cli, iso
 
 EXAMPLES = {
@@ -69,7 +70,7 @@ def _dags_test(dag_id: str, env: dict[str, str], conf: dict[str, Any] | None = N
 
 def test_examples_book_through_airflow_dags_test(simulator: Any, api_key: str) -> None:
     env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)}
-    start = (datetime.now(timezone.utc) + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
 
     out = _dags_test(
         "example_care360_single_booking", env, {"start_time": iso(start), "email": "jane@example.com"}

@@ -14,19 +14,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from support import iso, next_slot, run_dag, state_of, tries
 
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
 from airflow_provider_care360.simulator import Care360Simulator, Fault
+from support import iso, next_slot, run_dag, state_of, tries
 
 MAY_EXIST = "may or may not exist"
 NOT_SENT = "the request was not sent"
-INVALID_400 = {"status": 400, "success": False, "message": "Invalid request", "error": "startTime is not valid"}
+INVALID_400 = {
+    "status": 400,
+    "success": False,
+    "message": "Invalid request",
+    "error": "startTime is not valid",
+}
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Case:
 
 
 def _http_date_in(seconds: float) -> list[Fault]:
-    when = datetime.fromtimestamp(time.time() + seconds, tz=timezone.utc)
+    when = datetime.fromtimestamp(time.time() + seconds, tz=UTC)
     return [Fault(status=429, headers={"Retry-After": format_datetime(when, usegmt=True)})]
 
 
@@ -50,7 +55,9 @@ CASES: dict[str, Case] = {
     # rejected: fail at once, nothing booked
     "400": Case([Fault(400, INVALID_400)], text="Invalid request; startTime is not valid"),
     "401": Case(conn="wrong_key", text="rejected the API key of connection 'care360_matrix'"),
-    "403": Case([Fault(403, {"status": 403, "success": False, "message": "Forbidden"})], text="(403; Forbidden)"),
+    "403": Case(
+        [Fault(403, {"status": 403, "success": False, "message": "Forbidden"})], text="(403; Forbidden)"
+    ),
     "404": Case([Fault(404, b"Not Found", content_type="text/plain")], text="(404;"),
     "422": Case([Fault(422, {"message": "Unprocessable"})], text="(422; Unprocessable)"),
     "200 success false": Case(
@@ -62,15 +69,25 @@ CASES: dict[str, Case] = {
     ),
     "429 Retry-After HTTP-date": Case(lambda: _http_date_in(6), "success", 2, 1, waits_at_least=1.0),
     "429 X-RateLimit-Reset": Case(
-        [Fault(429, headers={"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "3"})],
-        "success", 2, 1, waits_at_least=3.0,
+        [
+            Fault(
+                429,
+                headers={"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "3"},
+            )
+        ],
+        "success",
+        2,
+        1,
+        waits_at_least=3.0,
     ),
     "429 no headers": Case([Fault(429)], "success", 2, 1, waits_at_least=0.9),
     "429 until retries run out": Case(
         [Fault(429, headers={"Retry-After": "1"})] * 3, "failed", 3, 0, text="rate limit exceeded (429)"
     ),
     # not sent: retried with the task's own settings
-    "503 then booked": Case([Fault(503, b"<html>Maintenance</html>", content_type="text/html")], "success", 2, 1),
+    "503 then booked": Case(
+        [Fault(503, b"<html>Maintenance</html>", content_type="text/html")], "success", 2, 1
+    ),
     "connection refused": Case(conn="refused", tries=3, text=NOT_SENT),
     "connect timeout": Case(conn="blackhole", tries=3, text=NOT_SENT),
     "TLS failure": Case(conn="tls", tries=3, text=NOT_SENT),
@@ -79,14 +96,21 @@ CASES: dict[str, Case] = {
     "read timeout, not applied": Case([Fault(200, delay=3)], conn="fast", text=MAY_EXIST),
     "reset before applying": Case([Fault(reset=True)], text=MAY_EXIST),
     "reset after applying": Case([Fault(reset=True, apply=True)], booked=1, text=MAY_EXIST),
-    "500 HTML page": Case([Fault(500, b"<html><h1>Error</h1></html>", content_type="text/html")], text=MAY_EXIST),
-    "502, applied": Case([Fault(502, b"<html>Bad Gateway</html>", content_type="text/html", apply=True)],
-                         booked=1, text=MAY_EXIST),
+    "500 HTML page": Case(
+        [Fault(500, b"<html><h1>Error</h1></html>", content_type="text/html")], text=MAY_EXIST
+    ),
+    "502, applied": Case(
+        [Fault(502, b"<html>Bad Gateway</html>", content_type="text/html", apply=True)],
+        booked=1,
+        text=MAY_EXIST,
+    ),
     "504": Case([Fault(504, b"")], text=MAY_EXIST),
-    "200 malformed JSON, applied": Case([Fault(200, '{"status": 200, "succ', apply=True)], booked=1,
-                                        text="not the documented JSON"),
-    "200 very large body, applied": Case([Fault(200, b"x" * (3 << 20), content_type="text/plain", apply=True)],
-                                         booked=1, text=MAY_EXIST),
+    "200 malformed JSON, applied": Case(
+        [Fault(200, '{"status": 200, "succ', apply=True)], booked=1, text="not the documented JSON"
+    ),
+    "200 very large body, applied": Case(
+        [Fault(200, b"x" * (3 << 20), content_type="text/plain", apply=True)], booked=1, text=MAY_EXIST
+    ),
     # ambiguous, with retry_on_ambiguous=True
     "retry_on_ambiguous: read timeout, not applied": Case(
         [Fault(200, delay=3)], "success", 2, 1, conn="fast", dag="care360_t_ambiguous_retry"
@@ -124,8 +148,12 @@ def _closed_port() -> int:
 
 @contextmanager
 def _connection(kind: str, sim: Care360Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    conn: dict[str, Any] = {"conn_type": "care360", "password": sim.api_key, "host": sim.url,
-                            "extra": {"timeout": [1, 10]}}
+    conn: dict[str, Any] = {
+        "conn_type": "care360",
+        "password": sim.api_key,
+        "host": sim.url,
+        "extra": {"timeout": [1, 10]},
+    }
     with _blackhole_port() as blackhole:
         if kind == "fast":
             conn["extra"] = {"timeout": [1, 1]}

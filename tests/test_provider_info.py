@@ -7,9 +7,8 @@ import subprocess
 from importlib.metadata import entry_points
 from typing import Any
 
-from support import airflow_cli
-
 from airflow_provider_care360 import __version__, get_provider_info
+from support import airflow_cli
 
 
 def test_get_provider_info_describes_the_connection_type() -> None:
@@ -25,7 +24,11 @@ def test_get_provider_info_describes_the_connection_type() -> None:
 
 
 def test_entry_point_points_at_get_provider_info() -> None:
-    [ep] = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_care360")]
+    [ep] = [
+        e
+        for e in entry_points(group="apache_airflow_provider")
+        if e.value.startswith("airflow_provider_care360")
+    ]
     assert ep.load() is get_provider_info
 
 
@@ -47,7 +50,10 @@ def test_providers_manager_sees_the_care360_connection_type() -> None:
 def test_airflow_providers_list_shows_it() -> None:
     out = subprocess.run(
         [airflow_cli(), "providers", "list", "--output", "plain"],
-        capture_output=True, text=True, check=True, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
     )
     assert "airflow-provider-care360" in out.stdout
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import pickle
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_care360._responses import (
     parse_rate_limit_reset,
@@ -27,7 +28,7 @@ from airflow_provider_care360.exceptions import (
     Outcome,
 )
 
-NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 
 
 def parse(status: int, body: Any = b"", headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -48,19 +49,37 @@ def test_an_appointment_id_is_returned_when_the_api_sends_one_and_never_invented
 @pytest.mark.parametrize(
     ("status", "body", "error", "outcome"),
     [
-        (200, {"status": 200, "success": False, "message": "Slot gone"}, Care360BadRequestError, Outcome.REJECTED),
+        (
+            200,
+            {"status": 200, "success": False, "message": "Slot gone"},
+            Care360BadRequestError,
+            Outcome.REJECTED,
+        ),
         (200, {"status": 200, "message": "ok"}, Care360AmbiguousError, Outcome.AMBIGUOUS),
         (200, b"<html>ok</html>", Care360AmbiguousError, Outcome.AMBIGUOUS),
         (200, b"", Care360AmbiguousError, Outcome.AMBIGUOUS),
-        (400, {"status": 400, "success": False, "message": "Invalid request", "error": "bad startTime"},
-         Care360BadRequestError, Outcome.REJECTED),
-        (401, {"status": 401, "success": False, "message": "Unauthorized"}, Care360AuthError, Outcome.REJECTED),
+        (
+            400,
+            {"status": 400, "success": False, "message": "Invalid request", "error": "bad startTime"},
+            Care360BadRequestError,
+            Outcome.REJECTED,
+        ),
+        (
+            401,
+            {"status": 401, "success": False, "message": "Unauthorized"},
+            Care360AuthError,
+            Outcome.REJECTED,
+        ),
         (403, {"message": "Forbidden"}, Care360BadRequestError, Outcome.REJECTED),
         (404, b"Not Found", Care360BadRequestError, Outcome.REJECTED),
         (422, {"message": "Unprocessable"}, Care360BadRequestError, Outcome.REJECTED),
         (301, b"", Care360BadRequestError, Outcome.REJECTED),
-        (429, {"status": 429, "success": False, "message": "Rate limit exceeded"}, Care360RateLimitError,
-         Outcome.THROTTLED),
+        (
+            429,
+            {"status": 429, "success": False, "message": "Rate limit exceeded"},
+            Care360RateLimitError,
+            Outcome.THROTTLED,
+        ),
         (503, b"<html>maintenance</html>", Care360NotSentError, Outcome.NOT_SENT),
         (408, b"", Care360NotSentError, Outcome.NOT_SENT),
         (500, {"message": "boom"}, Care360AmbiguousError, Outcome.AMBIGUOUS),
@@ -141,7 +160,7 @@ def test_errors_survive_pickling_with_their_fields() -> None:
 
 _headers = st.dictionaries(
     st.sampled_from(["Retry-After", "X-RateLimit-Reset", "Content-Type", "Location", "X-Other"]),
-    st.one_of(st.text(max_size=40), st.integers(min_value=-10**12, max_value=10**12).map(str)),
+    st.one_of(st.text(max_size=40), st.integers(min_value=-(10**12), max_value=10**12).map(str)),
     max_size=4,
 )
 _bodies = st.one_of(

@@ -16,7 +16,9 @@ from airflow_provider_care360.exceptions import (
 )
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy, find_care360_error
 
-needs_policies = pytest.mark.skipif(not RETRY_POLICIES_SUPPORTED, reason="retry_policy arrived in Airflow 3.3")
+needs_policies = pytest.mark.skipif(
+    not RETRY_POLICIES_SUPPORTED, reason="retry_policy arrived in Airflow 3.3"
+)
 
 
 def test_which_errors_airflow_retries_without_any_policy() -> None:
@@ -64,8 +66,10 @@ def test_retry_after_is_capped() -> None:
 
 @needs_policies
 def test_backoff_doubles_from_the_task_retry_delay_and_is_capped() -> None:
-    waits = [_decide(Care360RateLimitError("429"), try_number=n, jitter=0).retry_delay.total_seconds()
-             for n in range(1, 9)]
+    waits = [
+        _decide(Care360RateLimitError("429"), try_number=n, jitter=0).retry_delay.total_seconds()
+        for n in range(1, 9)
+    ]
     assert waits == [10, 20, 40, 80, 160, 320, 640, 900]
     jittered = _decide(Care360RateLimitError("429"), try_number=3).retry_delay.total_seconds()
     assert 36 <= jittered <= 40
@@ -91,7 +95,10 @@ def test_composes_with_another_policy() -> None:
     )
 
     chain = ChainRetryPolicy(
-        [Care360RetryPolicy(), ExceptionRetryPolicy(rules=[RetryRule(exception=KeyError, action=RetryAction.FAIL)])]
+        [
+            Care360RetryPolicy(),
+            ExceptionRetryPolicy(rules=[RetryRule(exception=KeyError, action=RetryAction.FAIL)]),
+        ]
     )
     assert chain.evaluate(KeyError("x"), 1, 3, None).action is RetryAction.FAIL
     assert chain.evaluate(Care360RateLimitError("429", retry_after=2), 1, 3, None).action is RetryAction.RETRY

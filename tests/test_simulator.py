@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import iso, next_slot
 
 from airflow_provider_care360.simulator import Care360Simulator, Fault
+from support import iso, next_slot
 
 PATH = "/api/v1/calendar/appointments"
 
@@ -54,7 +54,10 @@ def sim() -> Any:
 
 def test_booking_answers_the_documented_200_and_fills_the_ledger(sim: Care360Simulator) -> None:
     status, _, body = post(sim.url, valid_body(), "k-123")
-    assert (status, body) == (200, {"status": 200, "success": True, "message": "Meeting scheduled successfully"})
+    assert (status, body) == (
+        200,
+        {"status": 200, "success": True, "message": "Meeting scheduled successfully"},
+    )
     [booking] = sim.bookings
     assert booking["email"] == "invitee@example.com"
 
@@ -124,8 +127,10 @@ def test_rate_limit_without_retry_after() -> None:
 def test_faults_answer_as_told_and_can_apply_the_booking(sim: Care360Simulator) -> None:
     sim.inject(Fault(status=502, body="<html>Bad gateway</html>", content_type="text/html", apply=True))
     request = urllib.request.Request(
-        sim.url + PATH, data=json.dumps(valid_body()).encode(),
-        headers={"Content-Type": "application/json", "cv-api-key": "k-123"}, method="POST",
+        sim.url + PATH,
+        data=json.dumps(valid_body()).encode(),
+        headers={"Content-Type": "application/json", "cv-api-key": "k-123"},
+        method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=5)
@@ -135,8 +140,9 @@ def test_faults_answer_as_told_and_can_apply_the_booking(sim: Care360Simulator) 
 
 def test_availability_probe_checks_the_key_first(sim: Care360Simulator) -> None:
     def get(key: str) -> int:
-        req = urllib.request.Request(sim.url + "/api/v1/calendar/provider-availability",
-                                     headers={"cv-api-key": key})
+        req = urllib.request.Request(
+            sim.url + "/api/v1/calendar/provider-availability", headers={"cv-api-key": key}
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as response:
                 return response.status
@@ -171,10 +177,19 @@ def test_start_on_a_free_port_and_stop_cleanly() -> None:
 def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_care360.simulator", "--port", "0", "--port-file",
-         str(port_file)],
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_care360.simulator",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
         env={**os.environ, "CARE360_SIMULATOR_API_KEY": "cli-key"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30

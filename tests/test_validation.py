@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pendulum
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_care360._pii import mask_email, mask_name
 from airflow_provider_care360.exceptions import Care360ValidationError
 from airflow_provider_care360.validation import LOCATIONS, build_booking_payload
 
-NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 GOOD: dict[str, Any] = {
     "event_type_id": "evt-1",
     "start_time": "2026-02-01T09:30:00Z",
@@ -52,7 +53,7 @@ def test_a_valid_booking_becomes_the_camel_case_body() -> None:
         ("2026-02-01T15:00:00+05:30", "UTC", "2026-02-01T09:30:00Z"),
         ("2026-02-01T09:30:00", "Asia/Kolkata", "2026-02-01T04:00:00Z"),  # naive: invitee's zone
         ("2026-07-01 09:30", "America/New_York", "2026-07-01T13:30:00Z"),  # EDT
-        (datetime(2026, 2, 1, 9, 30, tzinfo=timezone.utc), "UTC", "2026-02-01T09:30:00Z"),
+        (datetime(2026, 2, 1, 9, 30, tzinfo=UTC), "UTC", "2026-02-01T09:30:00Z"),
         (pendulum.datetime(2026, 2, 1, 10, 30, tz="Europe/Paris"), "UTC", "2026-02-01T09:30:00Z"),
         (datetime(2026, 2, 1, 9, 30), "Europe/London", "2026-02-01T09:30:00Z"),
     ],
@@ -71,8 +72,15 @@ def test_every_problem_is_reported_at_once_naming_the_field() -> None:
         tracking={"utm_source": 5, "fbclid": "x"},
     )
     fields = [p.split(":", 1)[0] for p in found]
-    assert fields == ["event_type_id", "email", "timezone", "location", "start_time",
-                      "tracking.utmSource", "tracking"]
+    assert fields == [
+        "event_type_id",
+        "email",
+        "timezone",
+        "location",
+        "start_time",
+        "tracking.utmSource",
+        "tracking",
+    ]
     text = "\n".join(found)
     assert "jane.doe" not in text  # masked
     assert "one of google_conference, zoom_conference" in text
@@ -85,13 +93,17 @@ def test_required_fields(missing: str, empty: Any) -> None:
     assert problems(**{missing: empty}) == [f"{missing}: is required and must not be empty"]
 
 
-@pytest.mark.parametrize("value", ["tomorrow", "2026-02-01", "01/02/2026 09:30", "2026-02-30T09:00:00Z", 1738400000])
+@pytest.mark.parametrize(
+    "value", ["tomorrow", "2026-02-01", "01/02/2026 09:30", "2026-02-30T09:00:00Z", 1738400000]
+)
 def test_unparseable_start_times(value: Any) -> None:
     [problem] = problems(start_time=value)
     assert problem.startswith("start_time: ") and "ISO 8601" in problem
 
 
-@pytest.mark.parametrize("address", ["plain", "a@b", "a b@example.com", "a@@example.com", "x" * 250 + "@e.com"])
+@pytest.mark.parametrize(
+    "address", ["plain", "a@b", "a b@example.com", "a@@example.com", "x" * 250 + "@e.com"]
+)
 def test_implausible_emails(address: str) -> None:
     [problem] = problems(email=address)
     assert problem.startswith("email: ") and address not in problem
@@ -133,10 +145,16 @@ def test_error_is_a_fail_exception_so_airflow_never_retries_it() -> None:
 
 
 _any_value = st.one_of(
-    st.none(), st.text(max_size=40), st.integers(), st.floats(allow_nan=True), st.booleans(),
+    st.none(),
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.booleans(),
     st.datetimes(timezones=st.one_of(st.none(), st.timezones())),
     st.lists(st.text(max_size=5), max_size=3),
-    st.dictionaries(st.text(max_size=15), st.one_of(st.none(), st.text(max_size=10), st.integers()), max_size=4),
+    st.dictionaries(
+        st.text(max_size=15), st.one_of(st.none(), st.text(max_size=10), st.integers()), max_size=4
+    ),
 )
 _likely_start = st.one_of(
     _any_value,
@@ -159,8 +177,14 @@ def test_any_input_gives_a_body_or_a_validation_error(
 ) -> None:
     try:
         body = build_booking_payload(
-            event_type_id=event_type_id, start_time=start_time, email=email, timezone=tz,
-            location=location, first_name=first_name, tracking=tracking, now=NOW,
+            event_type_id=event_type_id,
+            start_time=start_time,
+            email=email,
+            timezone=tz,
+            location=location,
+            first_name=first_name,
+            tracking=tracking,
+            now=NOW,
         )
     except Care360ValidationError as exc:
         assert exc.problems and all(":" in p for p in exc.problems)
@@ -171,11 +195,17 @@ def test_any_input_gives_a_body_or_a_validation_error(
     assert body["startTime"].endswith("Z") and body["startTime"] > "2026-01-15T12:00:00Z"
     assert isinstance(body["eventTypeId"], str) and body["eventTypeId"]
     datetime.strptime(body["startTime"], "%Y-%m-%dT%H:%M:%SZ")
-    assert NOW < datetime.strptime(body["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert set(body.get("tracking", {})) <= {"utmCampaign", "utmSource", "utmMedium", "utmContent",
-                                             "utmTerm", "salesforceUuid"}
+    assert NOW < datetime.strptime(body["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert set(body.get("tracking", {})) <= {
+        "utmCampaign",
+        "utmSource",
+        "utmMedium",
+        "utmContent",
+        "utmTerm",
+        "salesforceUuid",
+    }
 
 
 def test_now_defaults_to_the_clock() -> None:
-    soon = datetime.now(timezone.utc) + timedelta(minutes=5)
+    soon = datetime.now(UTC) + timedelta(minutes=5)
     assert build_booking_payload(**{**GOOD, "start_time": soon})["startTime"]

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from support import iso, next_slot
 
 from airflow_provider_care360 import __version__
 from airflow_provider_care360.exceptions import (
@@ -21,6 +20,7 @@ from airflow_provider_care360.exceptions import (
     Care360ValidationError,
 )
 from airflow_provider_care360.hooks.care360 import DEFAULT_TIMEOUT, ENVIRONMENTS, Care360Hook
+from support import iso, next_slot
 
 
 def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "care360_default", **conn: Any) -> None:
@@ -189,13 +189,15 @@ def test_bad_connections_are_clear_errors_naming_the_connection(
 ) -> None:
     set_conn(monkeypatch, "care360_bad", **{"password": "k", **conn})
     with pytest.raises(Care360ConnectionConfigError) as info:
-        Care360Hook("care360_bad").settings
+        _ = Care360Hook("care360_bad").settings
     assert "'care360_bad'" in str(info.value) or "Care360Hook('care360_bad')" in str(info.value)
     assert message in str(info.value)
 
 
 def test_plain_http_to_a_remote_host_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_conn(monkeypatch, password="k", host="http://care360.example.com", extra={"allow_insecure_http": True})
+    set_conn(
+        monkeypatch, password="k", host="http://care360.example.com", extra={"allow_insecure_http": True}
+    )
     assert Care360Hook().settings.base_url == "http://care360.example.com"
 
 
@@ -296,7 +298,10 @@ def test_tls_failure_is_not_sent(simulator: Any, monkeypatch: pytest.MonkeyPatch
 
 
 def test_fields_saved_by_older_connection_forms_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_conn(monkeypatch, password="k", extra={"extra__care360__environment": "staging",
-                                               "extra__care360__timeout": "12", "environment": ""})
+    set_conn(
+        monkeypatch,
+        password="k",
+        extra={"extra__care360__environment": "staging", "extra__care360__timeout": "12", "environment": ""},
+    )
     settings = Care360Hook().settings
     assert settings.base_url == ENVIRONMENTS["staging"] and settings.timeout == (12.0, 12.0)

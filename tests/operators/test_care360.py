@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+from airflow_provider_care360.simulator import Fault
 from support import (
     all_xcom_and_rendered_text,
     get_test_dag,
@@ -19,9 +22,6 @@ from support import (
     state_of,
     xcom_value,
 )
-
-from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
-from airflow_provider_care360.simulator import Fault
 
 DOCUMENTED_OK = {"status": 200, "success": True, "message": "Meeting scheduled successfully"}
 
@@ -98,7 +98,7 @@ def test_native_rendering_gives_a_tracking_dict_and_a_datetime_start(simulator: 
     [booking] = simulator.bookings
     from zoneinfo import ZoneInfo
 
-    expected = local_start.replace(tzinfo=ZoneInfo("America/New_York")).astimezone(timezone.utc)
+    expected = local_start.replace(tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
     assert booking["startTime"] == iso(expected)
     assert booking["tracking"] == {"utmCampaign": "spring", "utmMedium": None}
 
@@ -128,7 +128,7 @@ def test_mapped_batch_books_each_invitee_in_its_own_task_instance(simulator: Any
 
 def test_invalid_fields_fail_at_once_without_any_request(simulator: Any, capfd: Any) -> None:
     conf = booking_conf(
-        datetime(2020, 1, 1, tzinfo=timezone.utc),
+        datetime(2020, 1, 1, tzinfo=UTC),
         email="not-an-email",
         timezone="Mars/Olympus_Mons",
         location="skype",
@@ -149,8 +149,15 @@ def test_invalid_fields_fail_at_once_without_any_request(simulator: Any, capfd: 
 def test_400_fails_after_one_try_with_the_api_error(simulator: Any, capfd: Any) -> None:
     start = next_slot(days=2)
     simulator.inject(
-        Fault(status=400, body={"status": 400, "success": False, "message": "Invalid request",
-                                "error": "startTime is not a correct slot"})
+        Fault(
+            status=400,
+            body={
+                "status": 400,
+                "success": False,
+                "message": "Invalid request",
+                "error": "startTime is not a correct slot",
+            },
+        )
     )
     result = run_dag("care360_t_params", booking_conf(start))
 
@@ -222,10 +229,9 @@ def test_429_from_the_real_rate_limiter_in_a_batch(simulator: Any) -> None:
 
 
 def test_api_key_never_in_logs_xcom_or_rendered_fields(simulator: Any, api_key: str, capfd: Any) -> None:
-    from support import AIRFLOW_LOGS
-
     from airflow_provider_care360.exceptions import Care360Error
     from airflow_provider_care360.hooks.care360 import Care360Hook
+    from support import AIRFLOW_LOGS
 
     simulator.inject(Fault(status=429, headers={"Retry-After": "1"}))
     conf = booking_conf(next_slot(days=2), first_name="Zephyrine", last_name="Quillfeather")
@@ -245,10 +251,20 @@ def test_api_key_never_in_logs_xcom_or_rendered_fields(simulator: Any, api_key: 
     hook.get_conn()
     task = get_test_dag("care360_t_params").get_task("book")
     try:
-        hook.schedule_appointment(event_type_id="e", start_time=next_slot(days=2), email="a@example.com",
-                                  timezone="UTC", location="zoom_conference")
-        hook.schedule_appointment(event_type_id="e", start_time=next_slot(days=2), email="a@example.com",
-                                  timezone="UTC", location="zoom_conference")
+        hook.schedule_appointment(
+            event_type_id="e",
+            start_time=next_slot(days=2),
+            email="a@example.com",
+            timezone="UTC",
+            location="zoom_conference",
+        )
+        hook.schedule_appointment(
+            event_type_id="e",
+            start_time=next_slot(days=2),
+            email="a@example.com",
+            timezone="UTC",
+            location="zoom_conference",
+        )
     except Care360Error as exc:  # the slot is taken on the second call
         error_text = str(exc) + repr(exc)
     for text in (logs, log_files, stored, repr(hook), repr(task), repr(hook.settings), error_text):

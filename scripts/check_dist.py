@@ -1,0 +1,39 @@
+"""Check the built wheel and sdist in dist/: contents, version, and no stray files."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from airflow_provider_care360 import __version__  # noqa: E402
+
+dist = Path(sys.argv[1] if len(sys.argv) > 1 else "dist")
+[wheel] = dist.glob(f"airflow_provider_care360-{__version__}-py3-none-any.whl")
+[sdist] = dist.glob(f"airflow_provider_care360-{__version__}.tar.gz")
+
+names = zipfile.ZipFile(wheel).namelist()
+problems = []
+if "airflow_provider_care360/py.typed" not in names:
+    problems.append("the wheel has no py.typed")
+if any(n.startswith(("tests/", "example_dags/", "benchmarks/", "scripts/")) for n in names):
+    problems.append("the wheel carries tests, examples, benchmarks or scripts")
+entry_points = zipfile.ZipFile(wheel).read(
+    f"airflow_provider_care360-{__version__}.dist-info/entry_points.txt"
+).decode()
+if "apache_airflow_provider" not in entry_points or "get_provider_info" not in entry_points:
+    problems.append("the wheel lacks the apache_airflow_provider entry point")
+
+members = tarfile.open(sdist).getnames()
+root = f"airflow_provider_care360-{__version__}/"
+for needed in ("example_dags/example_care360_batch.py", "LICENSE", "README.md", "pyproject.toml"):
+    if root + needed not in members:
+        problems.append(f"the sdist lacks {needed}")
+
+for problem in problems:
+    print(f"dist check: {problem}", file=sys.stderr)
+print(f"dist check: {wheel.name} ({len(names)} files), {sdist.name} ({len(members)} files): "
+      f"{'FAILED' if problems else 'ok'}")
+sys.exit(1 if problems else 0)
