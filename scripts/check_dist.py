@@ -20,9 +20,9 @@ if "airflow_provider_care360/py.typed" not in names:
     problems.append("the wheel has no py.typed")
 if any(n.startswith(("tests/", "example_dags/", "benchmarks/", "scripts/")) for n in names):
     problems.append("the wheel carries tests, examples, benchmarks or scripts")
-entry_points = zipfile.ZipFile(wheel).read(
-    f"airflow_provider_care360-{__version__}.dist-info/entry_points.txt"
-).decode()
+entry_points = (
+    zipfile.ZipFile(wheel).read(f"airflow_provider_care360-{__version__}.dist-info/entry_points.txt").decode()
+)
 if "apache_airflow_provider" not in entry_points or "get_provider_info" not in entry_points:
     problems.append("the wheel lacks the apache_airflow_provider entry point")
 
@@ -34,6 +34,8 @@ for needed in ("example_dags/example_care360_batch.py", "LICENSE", "README.md", 
 
 for problem in problems:
     print(f"dist check: {problem}", file=sys.stderr)
-print(f"dist check: {wheel.name} ({len(names)} files), {sdist.name} ({len(members)} files): "
-      f"{'FAILED' if problems else 'ok'}")
+print(
+    f"dist check: {wheel.name} ({len(names)} files), {sdist.name} ({len(members)} files): "
+    f"{'FAILED' if problems else 'ok'}"
+)
 sys.exit(1 if problems else 0)

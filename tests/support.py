@@ -61,8 +61,16 @@ def state_of(ti: Any) -> str:
     return str(getattr(ti.state, "value", ti.state))
 
 
+def _xcom_model() -> Any:
+    try:
+        from airflow.models.xcom import XComModel
+    except ImportError:  # Airflow 2
+        from airflow.models.xcom import XCom as XComModel
+    return XComModel
+
+
 def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1) -> Any:
-    from airflow.models.xcom import XComModel
+    XComModel = _xcom_model()  # noqa: N806
     from airflow.utils.session import create_session
 
     ti = result.ti(task_id, map_index)
@@ -73,14 +81,17 @@ def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1) -> Any:
             .filter_by(key="return_value")
             .one()
         )
+        if isinstance(row.value, dict):  # Airflow 2.11 hands back the decoded JSON
+            return row.value
         return XComModel.deserialize_value(row)
 
 
 def all_xcom_and_rendered_text(result: DagRunResult) -> str:
     """Every XCom value and rendered template field of a run, as one string."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+
+    XComModel = _xcom_model()  # noqa: N806
 
     parts: list[str] = []
     with create_session() as session:
@@ -119,6 +130,9 @@ def tries(result: DagRunResult, task_id: str = "book", map_index: int = -1) -> l
             .order_by(TaskInstanceHistory.try_number)
             .all()
         )
-        out = [Try(r.try_number, r.start_date, r.end_date, r.retry_delay_override) for r in rows]
+        out = [
+            Try(r.try_number, r.start_date, r.end_date, getattr(r, "retry_delay_override", None))
+            for r in rows
+        ]
     out.append(Try(ti.try_number, ti.start_date, ti.end_date, None))
     return out

@@ -78,10 +78,18 @@ def test_connection_form_fields_for_the_ui() -> None:
     legacy = [w for w in caught if "care360" in str(w.message).lower() or "Care360Hook" in str(w.message)]
     assert legacy == []
 
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_2_PLUS
+
     env = widgets["extra__care360__environment"].field
-    assert env["schema"]["enum"] == ["production", "staging"] and env["value"] == "production"
-    assert env["schema"]["title"] == "Environment"
-    assert "extra__care360__timeout" in widgets and "extra__care360__allow_insecure_http" in widgets
+    if AIRFLOW_V_3_2_PLUS:  # declared in get_provider_info(): a JSON-schema dropdown
+        assert env["schema"]["enum"] == ["production", "staging"] and env["value"] == "production"
+        assert env["schema"]["title"] == "Environment"
+    else:  # the FAB form, from Care360Hook.get_connection_form_widgets()
+        from wtforms import BooleanField, StringField
+
+        assert env.field_class is StringField and env.kwargs["default"] == "production"
+        assert str(env.args[0]) == "Environment"
+        assert widgets["extra__care360__allow_insecure_http"].field.field_class is BooleanField
     assert behaviour["relabeling"] == {"password": "API Key", "host": "Base URL override"}
     assert {"schema", "port", "login", "extra"} <= set(behaviour["hidden_fields"])
     assert "127.0.0.1:8360" in behaviour["placeholders"]["host"]
