@@ -177,16 +177,12 @@ class Care360Hook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel and trim the connection form (Airflow < 3.2)."""
-        return {
-            "hidden_fields": ["schema", "port", "login", "extra"],
-            "relabeling": {"password": "API Key", "host": "Base URL override"},
-            "placeholders": {
-                "password": "the organisation's Care360 API key",
-                "host": "optional, e.g. http://127.0.0.1:8360 for the local simulator",
-                "timeout": "30",
-            },
-        }
+        """Relabel and trim the connection form (Airflow < 3.2), as declared in get_provider_info()."""
+        from airflow_provider_care360 import get_provider_info
+
+        [conn_type] = get_provider_info()["connection-types"]
+        declared = conn_type["ui-field-behaviour"]
+        return {key.replace("-", "_"): value for key, value in declared.items()}
 
     # -- connection ---------------------------------------------------------------------------
 

@@ -28,6 +28,21 @@ BOOKING_PARAMS: dict[str, Any] = {
     "conn_id": "care360_default",
 }
 
+
+def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
+    return ScheduleAppointmentOperator(
+        task_id="book",
+        event_type_id="{{ params.event_type_id }}",
+        start_time="{{ params.start_time }}",
+        invitee_email="{{ params.email }}",
+        timezone="{{ params.timezone }}",
+        location="{{ params.location }}",
+        first_name="{{ params.first_name }}",
+        care360_conn_id="{{ params.conn_id }}",
+        **extra,
+    )
+
+
 # 1. Every field templated from params.
 with DAG(
     "care360_t_params",
@@ -37,17 +52,9 @@ with DAG(
     params=BOOKING_PARAMS,
     default_args=FAST_RETRIES,
 ):
-    ScheduleAppointmentOperator(
-        task_id="book",
-        event_type_id="{{ params.event_type_id }}",
-        start_time="{{ params.start_time }}",
-        invitee_email="{{ params.email }}",
-        timezone="{{ params.timezone }}",
-        location="{{ params.location }}",
-        first_name="{{ params.first_name }}",
+    _params_operator(
         last_name="{{ params.last_name }}",
         tracking={"utm_source": "{{ params.utm_source }}", "salesforceUuid": "{{ run_id }}"},
-        care360_conn_id="{{ params.conn_id }}",
     )
 
 
@@ -125,28 +132,7 @@ with DAG(
     params=BOOKING_PARAMS,
     default_args={"email": ["oncall@example.org"], "email_on_failure": True, "email_on_retry": False},
 ):
-    ScheduleAppointmentOperator(
-        task_id="book",
-        event_type_id="{{ params.event_type_id }}",
-        start_time="{{ params.start_time }}",
-        invitee_email="{{ params.email }}",
-        timezone="{{ params.timezone }}",
-        location="{{ params.location }}",
-    )
-
-
-def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
-    return ScheduleAppointmentOperator(
-        task_id="book",
-        event_type_id="{{ params.event_type_id }}",
-        start_time="{{ params.start_time }}",
-        invitee_email="{{ params.email }}",
-        timezone="{{ params.timezone }}",
-        location="{{ params.location }}",
-        first_name="{{ params.first_name }}",
-        care360_conn_id="{{ params.conn_id }}",
-        **extra,
-    )
+    _params_operator()
 
 
 # 7. The caller accepts the double-booking risk of retrying an ambiguous outcome.
