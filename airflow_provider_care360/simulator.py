@@ -210,7 +210,7 @@ class Care360Simulator:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """A copy of every API request received (method, path, query, headers, body, status)."""
+        """A copy of every API request received (method, path, query, headers, body, status, at)."""
         with self._lock:
             return [dict(r) for r in self._requests]
 
@@ -403,6 +403,7 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 "path": url.path,
                 "query": query,
                 "headers": dict(self.headers),
+                "at": time.time(),
                 "body": None,
             }
             status, body = self._availability(url.path, query)
@@ -438,6 +439,7 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 "path": url.path,
                 "query": parse_qs(url.query),
                 "headers": dict(self.headers),
+                "at": time.time(),
                 "body": body,
             }
             if url.path != APPOINTMENTS:

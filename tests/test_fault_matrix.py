@@ -192,8 +192,8 @@ def test_fault(name: str, simulator: Care360Simulator, monkeypatch: pytest.Monke
         assert case.text in text
     if case.waits_at_least is not None and not RETRY_POLICIES_SUPPORTED:
         # The documented fallback on Airflow < 3.3: the task's own retry_delay (1 s here).
-        first, second = tries(result)[:2]
-        assert (second.start - first.end).total_seconds() >= 1.0 - 0.05
+        first, second = simulator.requests[:2]
+        assert second["at"] - first["at"] >= 1.0 - 0.05
     elif case.waits_at_least is not None:
         first, second = tries(result)[:2]
         assert first.retry_delay_override is not None
@@ -201,6 +201,8 @@ def test_fault(name: str, simulator: Care360Simulator, monkeypatch: pytest.Monke
         assert first.retry_delay_override <= max(case.waits_at_least, 6) * 1.1 + 1
         waited = (second.start - first.end).total_seconds()
         assert waited >= first.retry_delay_override - 0.05
+        sent = simulator.requests
+        assert sent[1]["at"] - sent[0]["at"] >= first.retry_delay_override - 0.05
         assert waited <= first.retry_delay_override + 3  # dag.test() polls once a second
 
 
