@@ -17,6 +17,8 @@ from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
     Care360AuthError,
     Care360BadRequestError,
+    Care360LookupError,
+    Care360LookupUnusableError,
     Care360NotSentError,
     Care360RateLimitError,
 )
@@ -89,6 +91,26 @@ def safe_snippet(body: bytes | str, secret: str | None = None) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 3] + "..."
 
 
+def scrub(value: Any, secret: str | None) -> Any:
+    """A copy of decoded JSON with the API key removed from every string in it."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, list):
+        return [scrub(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {scrub(k, secret): scrub(v, secret) for k, v in value.items()}
+    return value
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
 def _field(data: Mapping[str, Any], name: str, secret: str | None) -> str | None:
     value = data.get(name)
     if value is None:
@@ -111,22 +133,23 @@ def parse_response(
     :param conn_id: named in messages that ask the reader to check the connection.
     :param secret: the API key, removed from any text quoted from the body.
     """
-    data: Any
-    try:
-        data = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    fields = data if isinstance(data, dict) else {}
+    data = _decode(body)
+    fields: dict[str, Any] = scrub(data, secret) if isinstance(data, dict) else {}
     api_message = _field(fields, "message", secret)
     api_error = _field(fields, "error", secret)
     snippet = safe_snippet(body, secret)
     said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {snippet!r}"
-    details: dict[str, Any] = {"status_code": status, "api_message": api_message, "api_error": api_error}
+    details: dict[str, Any] = {
+        "status_code": status,
+        "api_message": api_message,
+        "api_error": api_error,
+        "response": fields if isinstance(data, dict) else None,
+    }
 
     if 200 <= status < 300:
         success = fields.get("success")
         if success is True:
-            return dict(fields)
+            return fields
         if success is False:
             raise Care360BadRequestError(
                 f"Care360 answered {status} but with success=false ({said}). Nothing was booked; "
@@ -179,3 +202,136 @@ def parse_response(
         "for this invitee before running the task again.",
         **details,
     )
+
+
+# -- Fetch Appointments (GET /api/v1/calendar/appointments) ------------------------------------
+
+_UNUSABLE = (
+    "The lookup of existing appointments (GET /api/v1/calendar/appointments) cannot be used "
+    "with connection {conn!r}: {why}. Nothing was booked. The operator looks before it books so "
+    "that no invitee is booked twice; to book without the lookup, set check_existing=False on "
+    "the task (see the README for what that cannot protect against)."
+)
+
+
+def _is_unknown_user(fields: Mapping[str, Any]) -> bool:
+    """The documented "NotFoundError" for an unknown ``user_email``, told apart from a missing route."""
+    if fields.get("success") is not False:
+        return False
+    said = " ".join(str(fields.get(k) or "") for k in ("message", "error")).lower()
+    return "notfounderror" in said.replace(" ", "") or "user" in said
+
+
+def parse_lookup_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    conn_id: str,
+    by_email: bool,
+    secret: str | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """
+    Return the appointments of a lookup answer, or raise the matching ``Care360Error``.
+
+    A lookup is a read, so nothing here is ambiguous: a 5xx or an unreadable answer is a
+    :class:`Care360LookupError` (retry), a 429 a :class:`Care360RateLimitError`, a 401 a
+    :class:`Care360AuthError`; a 403, a 404 that is not the documented "unknown user" answer, or a
+    200 that is not the documented shape is a :class:`Care360LookupUnusableError` (fail now).
+
+    :param by_email: the query named ``user_email``; only then is a 404 "unknown user" read as
+        "this person has no appointments".
+    """
+    data = _decode(body)
+    fields: dict[str, Any] = scrub(data, secret) if isinstance(data, dict) else {}
+    api_message = _field(fields, "message", secret)
+    api_error = _field(fields, "error", secret)
+    said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {safe_snippet(body, secret)!r}"
+    details: dict[str, Any] = {
+        "status_code": status,
+        "api_message": api_message,
+        "api_error": api_error,
+        "response": fields if isinstance(data, dict) else None,
+    }
+
+    if status == 200:
+        items = fields.get("data")
+        if (
+            fields.get("success") is True
+            and isinstance(items, list)
+            and all(isinstance(item, dict) and appointment_start(item) is not None for item in items)
+        ):
+            return [dict(item) for item in items]
+        why = "its 200 answer is not the documented shape (success: true, data: a list of appointments)"
+        raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
+    if status == 404 and by_email and _is_unknown_user(fields):
+        return []  # the documented answer for an email Care360 does not know: no appointments
+    if status == 401:
+        raise Care360AuthError(
+            f"Care360 rejected the API key of connection {conn_id!r} (401 Unauthorized) on the "
+            "appointment lookup. Nothing was booked; check the connection's password (API Key) "
+            "and environment.",
+            **details,
+        )
+    if status == 429:
+        wait = retry_after_seconds(headers, now)
+        hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
+        raise Care360RateLimitError(
+            f"Care360 rate limit exceeded on the appointment lookup (429): nothing was booked. {hint} "
+            "Airflow will retry the task.",
+            retry_after=wait,
+            **details,
+        )
+    if status in (403, 404, 405, 410) or 300 <= status < 400:
+        what = {403: "forbidden", 404: "no such endpoint", 405: "method not allowed", 410: "gone"}
+        why = f"Care360 answered {status} ({what.get(status, 'a redirect')}; {said})"
+        raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
+    if 400 <= status < 500:
+        raise Care360LookupUnusableError(
+            _UNUSABLE.format(conn=conn_id, why=f"Care360 refused the query ({status}; {said})"), **details
+        )
+    raise Care360LookupError(
+        f"The appointment lookup failed: Care360 answered {status} ({said}). Nothing was booked; "
+        "a lookup is safe to repeat, and Airflow will retry the task.",
+        retry_after=retry_after_seconds(headers, now),
+        **details,
+    )
+
+
+def parse_instant(value: object) -> datetime | None:
+    """An aware datetime from an ISO 8601 string with an offset (``Z``, ``.000Z``, ``+05:30``)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None and value.utcoffset() is not None else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def appointment_start(appointment: Mapping[str, Any]) -> datetime | None:
+    """The ``start`` instant of an appointment from a lookup, or ``None`` if it has none."""
+    return parse_instant(appointment.get("start"))
+
+
+_GONE_STATUSES = frozenset({"CANCELLED", "CANCELED", "DELETED"})
+
+
+def match_appointment(appointments: list[dict[str, Any]], start: datetime) -> dict[str, Any] | None:
+    """
+    The appointment that starts at the instant ``start``, or ``None``.
+
+    Instants are compared, never strings (``...:00Z``, ``...:00.000Z`` and ``+05:30`` forms of the
+    same instant match). Appointments marked deleted or cancelled are ignored.
+    """
+    for appointment in appointments:
+        if appointment.get("isDeleted") is True:
+            continue
+        if str(appointment.get("status") or "").upper() in _GONE_STATUSES:
+            continue
+        if appointment_start(appointment) == start:
+            return appointment
+    return None

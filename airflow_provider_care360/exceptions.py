@@ -13,17 +13,21 @@ class                                     outcome     task
 :class:`Care360RateLimitError`            throttled   retried by Airflow
 :class:`Care360NotSentError`              not sent    retried by Airflow
 :class:`Care360AmbiguousError`            ambiguous   fails at once (booking may exist)
-:class:`Care360AmbiguousRetryableError`   ambiguous   retried (``retry_on_ambiguous=True``)
+:class:`Care360AmbiguousRetryableError`   ambiguous   retried (the next try looks before it books)
+:class:`Care360LookupError`               not sent    retried (a lookup failed; nothing was sent)
+:class:`Care360LookupUnusableError`       rejected    fails at once (the lookup cannot be used)
 ========================================  ==========  =======================================
 
 A booking request is not idempotent, so "ambiguous" (the request may have reached Care360) must
-never be retried blindly: a retry could book the invitee twice.
+never be retried blindly: a retry could book the invitee twice. ``ScheduleAppointmentOperator``
+settles an ambiguous outcome with a lookup (``check_existing=True``), and every try looks before
+it books, which is what makes its retries safe.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
@@ -34,6 +38,8 @@ __all__ = [
     "Care360BadRequestError",
     "Care360ConnectionConfigError",
     "Care360Error",
+    "Care360LookupError",
+    "Care360LookupUnusableError",
     "Care360NotSentError",
     "Care360RateLimitError",
     "Care360RejectedError",
@@ -46,6 +52,7 @@ class Outcome(enum.StrEnum):
     """What happened to a booking attempt, as far as the client can know."""
 
     BOOKED = "booked"
+    ALREADY_BOOKED = "already_booked"
     REJECTED = "rejected"
     THROTTLED = "throttled"
     NOT_SENT = "not_sent"
@@ -61,6 +68,8 @@ class Care360Error(AirflowException):
     :param api_message: the API's ``message`` field, if the body had one.
     :param api_error: the API's ``error`` field, if the body had one.
     :param retry_after: seconds the API asked the client to wait, if it said.
+    :param response: the API's JSON answer (an object), if one was received, with the API key
+        removed wherever the server echoed it.
     """
 
     outcome: ClassVar[Outcome]
@@ -74,6 +83,7 @@ class Care360Error(AirflowException):
         api_message: str | None = None,
         api_error: str | None = None,
         retry_after: float | None = None,
+        response: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -83,6 +93,7 @@ class Care360Error(AirflowException):
         self.api_message = api_message
         self.api_error = api_error
         self.retry_after = retry_after
+        self.response = response
 
     def __str__(self) -> str:
         return self.message
@@ -149,12 +160,31 @@ class Care360NotSentError(Care360Error):
     outcome = Outcome.NOT_SENT
 
 
+class Care360LookupError(Care360Error):
+    """
+    A lookup of existing appointments failed in a way a retry can mend (5xx, timeout, reset).
+
+    A lookup is a read: retrying it is always safe. The booking it guarded was not sent.
+    """
+
+    outcome = Outcome.NOT_SENT
+
+
+class Care360LookupUnusableError(Care360RejectedError):
+    """
+    The lookup of existing appointments cannot be used with this key or this API (403, no such
+    endpoint, an answer that is not the documented shape). Nothing was booked.
+    """
+
+
 class Care360AmbiguousRetryableError(Care360Error):
     """
     The request may have reached Care360, and the task was told to retry anyway.
 
-    Raised instead of :class:`Care360AmbiguousError` by an operator created with
-    ``retry_on_ambiguous=True``. A retry may book the invitee a second time.
+    Raised instead of :class:`Care360AmbiguousError` when a retry is safe, because the next try
+    looks the invitee up before it books (``check_existing=True``, the default), or when the
+    operator was created with ``check_existing=False, retry_on_ambiguous=True``, where a retry
+    may book the invitee a second time.
     """
 
     outcome = Outcome.AMBIGUOUS

@@ -13,13 +13,18 @@ Use it to test DAGs that book appointments without touching the real Care360 hos
 or from a shell: ``python -m airflow_provider_care360.simulator --port 8360 --api-key test-key``
 (also installed as ``care360-simulator``).
 
-What it implements (section 1 of the contract):
+What it implements (sections 1 and 2a of the contract):
 
 * ``POST /api/v1/calendar/appointments``: 401 for a missing or wrong ``cv-api-key``; 429 past the
   configured rate limit (with ``Retry-After`` and, optionally, ``X-RateLimit-*`` headers); 400 with
   the documented body for an invalid body or a start time that is not a bookable slot (in the
   future, on a ``slot_minutes`` boundary, not already taken for that event type); 200 otherwise,
   recording the booking in the ledger.
+* ``GET /api/v1/calendar/appointments`` (Fetch Appointments): 401; 429 past its own rate limit;
+  400 for a query without ``user_email`` or with a bad date range; the documented "not found" 404
+  for an email it has never seen; otherwise 200 with the appointments of the ledger (and those
+  pre-loaded with :meth:`Care360Simulator.add_appointment`) that match, are not cancelled and have
+  not ended, sorted by end time, ``start`` and ``end`` written with milliseconds (``...:00.000Z``).
 * ``GET /api/v1/calendar/provider-availability``: 401 / 400 (``provider_states`` missing) / 200.
 
 Admin endpoints (no key; loopback only): ``GET /_simulator/bookings``, ``GET /_simulator/requests``,
@@ -41,7 +46,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,6 +58,13 @@ from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
 __all__ = ["Care360Simulator", "Fault", "main"]
 
 ADMIN = "/_simulator"
+FAULT_TARGETS = ("booking", "lookup")
+_UNKNOWN_USER = {
+    "status": 404,
+    "success": False,
+    "message": "User not found",
+    "error": "NotFoundError: no user with this email",
+}
 MAX_REQUEST_BYTES = 1 << 20
 _REQUIRED = ("eventTypeId", "startTime", "email", "timezone", "location")
 _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
@@ -61,7 +73,7 @@ _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
 @dataclass
 class Fault:
     """
-    How to answer one booking request instead of following the contract.
+    How to answer one request instead of following the contract.
 
     :param status: HTTP status to answer with.
     :param body: the body: ``bytes``/``str`` as given, anything else as JSON; ``None`` for the
@@ -73,6 +85,10 @@ class Fault:
     :param apply: record the booking in the ledger (before the delay or reset), as if the server
         did the work and only the answer went wrong.
     :param reset: close the connection with a TCP reset instead of answering.
+    :param passthrough: answer by the contract after all; a place-holder that lets one request
+        through in a queued sequence (e.g. the first lookup passes, the second fails).
+    :param target: which requests it answers: ``"booking"`` (the POST, default) or ``"lookup"``
+        (Fetch Appointments). Faults of each target are queued separately, in order.
     """
 
     status: int = 500
@@ -82,6 +98,12 @@ class Fault:
     delay: float = 0.0
     apply: bool = False
     reset: bool = False
+    passthrough: bool = False
+    target: str = "booking"
+
+    def __post_init__(self) -> None:
+        if self.target not in FAULT_TARGETS:
+            raise ValueError(f"target must be one of {', '.join(FAULT_TARGETS)}, got {self.target!r}")
 
 
 def _json_body(status: int, message: str, error: str | None = None) -> dict[str, Any]:
@@ -112,6 +134,9 @@ class Care360Simulator:
     :param slot_minutes: start times must fall on a multiple of this many minutes past the hour.
     :param event_types: the event type ids that exist; ``None`` accepts any non-empty id.
     :param one_on_one: a slot of an event type can be booked once; a second booking is a 400.
+    :param lookup_rate_limit: lookups allowed per ``lookup_rate_window`` seconds (Care360 documents
+        500 per 60 s); ``None`` for no limit.
+    :param lookup_rate_window: length of the lookup's rate-limit window, in seconds.
     """
 
     def __init__(
@@ -127,6 +152,8 @@ class Care360Simulator:
         slot_minutes: int = 30,
         event_types: set[str] | None = None,
         one_on_one: bool = True,
+        lookup_rate_limit: int | None = None,
+        lookup_rate_window: float = 60.0,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -140,13 +167,16 @@ class Care360Simulator:
         self.slot_minutes = slot_minutes
         self.event_types = event_types
         self.one_on_one = one_on_one
+        self.lookup_rate_limit = lookup_rate_limit
+        self.lookup_rate_window = lookup_rate_window
         self._lock = threading.Lock()
+        # Every appointment: booked through the API ("source": "api") or pre-loaded ("preloaded").
         self._bookings: list[dict[str, Any]] = []
         self._taken: set[tuple[str, str]] = set()
         self._requests: list[dict[str, Any]] = []
-        self._faults: deque[Fault] = deque()
-        self._window_start: float | None = None  # a window opens at the first request
-        self._window_count = 0
+        self._faults: dict[str, deque[Fault]] = {target: deque() for target in FAULT_TARGETS}
+        # A fixed window per limit: [start, count]; a window opens at its first request.
+        self._windows: dict[str, list[float]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -204,9 +234,49 @@ class Care360Simulator:
 
     @property
     def bookings(self) -> list[dict[str, Any]]:
-        """A copy of every booking the simulator applied, oldest first."""
+        """A copy of every booking the simulator applied through the API, oldest first."""
+        with self._lock:
+            return [dict(b) for b in self._bookings if b["source"] == "api"]
+
+    @property
+    def appointments(self) -> list[dict[str, Any]]:
+        """A copy of every appointment: those booked through the API and those pre-loaded."""
         with self._lock:
             return [dict(b) for b in self._bookings]
+
+    def add_appointment(
+        self,
+        *,
+        email: str,
+        start: str | datetime,
+        event_type_id: str = "preloaded",
+        duration_minutes: int | None = None,
+    ) -> dict[str, Any]:
+        """
+        Pre-load an appointment, as if it were booked elsewhere (another tool, a person).
+
+        It shows in lookups for ``email`` and takes its slot, but is not one of :attr:`bookings`.
+        :return: the stored appointment (with its ``id``).
+        """
+        begin = datetime.fromisoformat(start) if isinstance(start, str) else start
+        if begin.tzinfo is None:
+            raise ValueError("start must be aware (give an offset or Z)")
+        return self._store(
+            {"eventTypeId": event_type_id, "email": email, "startTime": _utc(begin)},
+            source="preloaded",
+            force=True,
+            duration=duration_minutes,
+        )
+
+    def cancel_appointment(self, appointment_id: str) -> bool:
+        """Cancel an appointment: it leaves lookups and frees its slot. False if there is no such id."""
+        with self._lock:
+            for item in self._bookings:
+                if item["id"] == appointment_id and not item["cancelled"]:
+                    item["cancelled"] = True
+                    self._taken.discard((item["eventTypeId"], item["slot"]))
+                    return True
+        return False
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -214,43 +284,61 @@ class Care360Simulator:
         with self._lock:
             return [dict(r) for r in self._requests]
 
+    @property
+    def booking_requests(self) -> list[dict[str, Any]]:
+        """The booking POSTs among :attr:`requests`."""
+        return [r for r in self.requests if r["method"] == "POST" and r["path"] == APPOINTMENTS]
+
+    @property
+    def lookup_requests(self) -> list[dict[str, Any]]:
+        """The Fetch Appointments GETs among :attr:`requests`."""
+        return [r for r in self.requests if r["method"] == "GET" and r["path"] == APPOINTMENTS]
+
     def reset(self) -> None:
         """Forget bookings, requests, pending faults and the rate-limit window."""
         with self._lock:
             self._bookings.clear()
             self._taken.clear()
             self._requests.clear()
-            self._faults.clear()
-            self._window_start = None
-            self._window_count = 0
+            for queue in self._faults.values():
+                queue.clear()
+            self._windows.clear()
 
     def inject(self, fault: Fault, times: int = 1) -> None:
-        """Answer the next ``times`` booking requests with ``fault``."""
+        """Answer the next ``times`` requests of the fault's ``target`` with ``fault``."""
         with self._lock:
-            self._faults.extend([fault] * times)
+            self._faults[fault.target].extend([fault] * times)
 
     # -- the contract -------------------------------------------------------------------------
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, target: str) -> Fault | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            queue = self._faults[target]
+            fault = queue.popleft() if queue else None
+        return None if fault is None or fault.passthrough else fault
 
-    def _rate_limited(self) -> tuple[bool, dict[str, str]]:
-        if self.rate_limit is None:
+    def _rate_limited(self, kind: str = "booking") -> tuple[bool, dict[str, str]]:
+        limit, window = (
+            (self.rate_limit, self.rate_window)
+            if kind == "booking"
+            else (self.lookup_rate_limit, self.lookup_rate_window)
+        )
+        if limit is None:
             return False, {}
         with self._lock:
             now = time.monotonic()
-            if self._window_start is None or now - self._window_start >= self.rate_window:
-                self._window_start, self._window_count = now, 0
-            reset_in = max(1, math.ceil(self._window_start + self.rate_window - now))
-            limited = self._window_count >= self.rate_limit
+            state = self._windows.setdefault(kind, [now, 0])
+            if now - state[0] >= window:
+                state[:] = [now, 0]
+            reset_in = max(1, math.ceil(state[0] + window - now))
+            limited = state[1] >= limit
             if not limited:
-                self._window_count += 1
-            remaining = max(0, self.rate_limit - self._window_count)
+                state[1] += 1
+            remaining = max(0, limit - int(state[1]))
         headers: dict[str, str] = {}
         if self.rate_limit_headers:
             headers = {
-                "X-RateLimit-Limit": str(self.rate_limit),
+                "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": str(remaining),
                 "X-RateLimit-Reset": str(reset_in),
             }
@@ -308,31 +396,119 @@ class Care360Simulator:
 
     def _apply(self, body: dict[str, Any], force: bool = False) -> str | None:
         """Record a booking; the slot-taken error if the slot was booked already."""
+        stored = self._store(body, source="api", force=force)
+        return None if stored else "startTime is not a correct slot: it is already booked"
+
+    def _store(
+        self, body: dict[str, Any], *, source: str, force: bool, duration: int | None = None
+    ) -> dict[str, Any]:
+        """Add an appointment to the ledger; ``{}`` if its one-on-one slot is taken."""
         start = datetime.fromisoformat(body["startTime"]).astimezone(UTC)
-        slot = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        slot = _utc(start)
+        end = start + timedelta(minutes=duration or self.slot_minutes)
+        now = datetime.now(UTC)
         with self._lock:
             key = (body["eventTypeId"], slot)
             if not force and self.one_on_one and key in self._taken:
-                return "startTime is not a correct slot: it is already booked"
+                return {}
             self._taken.add(key)
-            self._bookings.append(
-                {
-                    "id": str(uuid.uuid4()),
-                    "slot": slot,
-                    "bookedAt": datetime.now(UTC).isoformat(),
-                    **body,
-                }
+            item = {
+                "id": str(uuid.uuid4()),
+                "slot": slot,
+                "end": _utc(end),
+                "bookedAt": now.isoformat(),
+                "source": source,
+                "cancelled": False,
+                **body,
+            }
+            self._bookings.append(item)
+            return dict(item)
+
+    def _lookup(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """The Fetch Appointments answer for a query (after the key and rate-limit checks)."""
+        email = (query.get("user_email") or [""])[0].strip().lower()
+        first = next(iter(query.get("start_date") or []), None)
+        last = next(iter(query.get("end_date") or []), None)
+        if (first is None) != (last is None):
+            return 400, _json_body(400, "Invalid request", "start_date and end_date go together")
+        if first is None and not email:
+            return 400, _json_body(
+                400, "Invalid request", "user_email or start_date and end_date is required"
             )
-        return None
+        begin = finish = None
+        if first is not None and last is not None:
+            try:
+                begin = datetime.combine(date.fromisoformat(first), datetime.min.time(), UTC)
+                finish = datetime.combine(date.fromisoformat(last), datetime.min.time(), UTC)
+            except ValueError:
+                return 400, _json_body(400, "Invalid request", "start_date and end_date must be YYYY-MM-DD")
+            if begin > finish:
+                return 400, _json_body(400, "Invalid request", "start_date must not be after end_date")
+            finish += timedelta(days=1)
+        now = datetime.now(UTC)
+        with self._lock:
+            ledger = [dict(b) for b in self._bookings]
+        if email and not any(b["email"].lower() == email for b in ledger):
+            return 404, _UNKNOWN_USER
+        found = []
+        for item in ledger:
+            start = datetime.fromisoformat(item["startTime"])
+            end = datetime.fromisoformat(item["end"])
+            if item["cancelled"] or end <= now or (email and item["email"].lower() != email):
+                continue
+            if begin is not None and finish is not None and not (start < finish and end > begin):
+                continue
+            found.append((end, _appointment_view(item)))
+        found.sort(key=lambda pair: pair[0])
+        data = [view for _, view in found]
+        return 200, {
+            "status": 200,
+            "success": True,
+            "message": "Appointments fetched successfully",
+            "data": data,
+        }
 
     def _record(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self._requests.append(entry)
 
     def booked_count(self, email: str | None = None) -> int:
-        """How many bookings were applied (for one invitee email, if given)."""
+        """How many bookings were applied through the API (for one invitee email, if given)."""
         with self._lock:
-            return sum(1 for b in self._bookings if email is None or b.get("email") == email)
+            return sum(
+                1 for b in self._bookings if b["source"] == "api" and (email is None or b["email"] == email)
+            )
+
+
+def _utc(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _millis(value: str) -> str:
+    """``2026-12-01T15:00:00Z`` -> ``2026-12-01T15:00:00.000Z``, as the API writes instants."""
+    return value.removesuffix("Z") + ".000Z"
+
+
+def _appointment_view(item: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry as Fetch Appointments shows it: no event type, no email, no tracking."""
+    return {
+        "id": item["id"],
+        "createdAt": item["bookedAt"],
+        "updatedAt": item["bookedAt"],
+        "title": "Appointment",
+        "start": _millis(item["slot"]),
+        "end": _millis(item["end"]),
+        "topic": None,
+        "description": None,
+        "color": None,
+        "isEditable": True,
+        "agentEventId": item["id"],
+        "agentName": "Simulated provider",
+        "status": "CONFIRMED",
+        "isDeleted": False,
+        "meetingDetails": {},
+        "case": {"id": "case-" + item["id"][:8]},
+    }
 
 
 def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
@@ -403,13 +579,33 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 "path": url.path,
                 "query": query,
                 "headers": dict(self.headers),
+                "client": list(self.client_address[:2]),
                 "at": time.time(),
                 "body": None,
             }
-            status, body = self._availability(url.path, query)
+            if url.path == APPOINTMENTS:
+                fault = sim._next_fault("lookup")
+                if fault is not None:
+                    entry["status"] = "reset" if fault.reset else fault.status
+                    entry["fault"] = asdict(fault) | {"body": None}
+                    sim._record(entry)
+                    self._answer_fault(fault, None)
+                    return
+                status, body, headers = self._lookup(query)
+            else:
+                (status, body), headers = self._availability(url.path, query), {}
             entry["status"] = status
             sim._record(entry)
-            self._send(status, body)
+            self._send(status, body, headers)
+
+        def _lookup(self, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+            if not self._authorised():
+                return 401, _DOCUMENTED[401], {}
+            limited, headers = sim._rate_limited("lookup")
+            if limited:
+                return 429, _DOCUMENTED[429], headers
+            status, body = sim._lookup(query)
+            return status, body, headers
 
         def _availability(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
             if path != AVAILABILITY:
@@ -439,6 +635,7 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 "path": url.path,
                 "query": parse_qs(url.query),
                 "headers": dict(self.headers),
+                "client": list(self.client_address[:2]),
                 "at": time.time(),
                 "body": body,
             }
@@ -447,7 +644,7 @@ def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
                 sim._record(entry)
                 self._send(404, _json_body(404, "Not found"))
                 return
-            fault = sim._next_fault()
+            fault = sim._next_fault("booking")
             if fault is not None:
                 entry["status"] = "reset" if fault.reset else fault.status
                 entry["fault"] = asdict(fault) | {"body": None}

@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
 from airflow_provider_care360._pii import mask_email, mask_name
 from airflow_provider_care360.exceptions import Care360ValidationError
 
-__all__ = ["LOCATIONS", "TRACKING_KEYS", "build_booking_payload", "format_start_time"]
+__all__ = [
+    "LOCATIONS",
+    "TRACKING_KEYS",
+    "build_booking_payload",
+    "build_lookup_query",
+    "format_start_time",
+]
 
 _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
 
@@ -33,6 +39,15 @@ _MAX_SHOWN = 60
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _email_problem(address: str) -> str | None:
+    if len(address) > _MAX_EMAIL or not _EMAIL_RE.match(address):
+        return (
+            f"email: {mask_email(address)!r} is not a plausible email address; "
+            "allowed: one address such as name@example.com"
+        )
+    return None
 
 
 def _zone(name: str) -> Any:
@@ -140,11 +155,8 @@ def build_booking_payload(
     event = required_string("event_type_id", event_type_id, _shown(event_type_id))
 
     address = required_string("email", email, "***" if isinstance(email, str) else type(email).__name__)
-    if address is not None and (len(address) > _MAX_EMAIL or not _EMAIL_RE.match(address)):
-        problems.append(
-            f"email: {mask_email(address)!r} is not a plausible email address; "
-            "allowed: one address such as name@example.com"
-        )
+    if address is not None and (problem := _email_problem(address)):
+        problems.append(problem)
         address = None
 
     zone_name = required_string("timezone", timezone, _shown(timezone))
@@ -213,3 +225,51 @@ def build_booking_payload(
     if tracking_body:
         body["tracking"] = tracking_body
     return body
+
+
+def _day(field: str, value: object, problems: list[str]) -> date | None:
+    if isinstance(value, datetime):
+        problems.append(f"{field}: a datetime is not allowed; allowed: a date or 'YYYY-MM-DD'")
+        return None
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    problems.append(f"{field}: {_shown(value)} is not allowed; allowed: a date or 'YYYY-MM-DD'")
+    return None
+
+
+def build_lookup_query(
+    *, user_email: object = None, start_date: object = None, end_date: object = None
+) -> dict[str, str]:
+    """
+    Check the filters of a Fetch Appointments lookup and return its query parameters.
+
+    Either ``user_email``, or ``start_date`` and ``end_date`` together (``start_date <= end_date``),
+    or all three. Raises ``Care360ValidationError`` naming each bad filter.
+    """
+    problems: list[str] = []
+    query: dict[str, str] = {}
+    if user_email is not None:
+        if not isinstance(user_email, str) or not user_email.strip():
+            problems.append("user_email: is not allowed; allowed: one address such as name@example.com")
+        elif problem := _email_problem(user_email.strip()):
+            problems.append("user_" + problem)
+        else:
+            query["user_email"] = user_email.strip()
+    if (start_date is None) != (end_date is None):
+        problems.append("start_date, end_date: give both or neither")
+    elif start_date is not None:
+        first, last = _day("start_date", start_date, problems), _day("end_date", end_date, problems)
+        if first and last and first > last:
+            problems.append(f"start_date: {first} is after end_date {last}; allowed: start_date <= end_date")
+        elif first and last:
+            query["start_date"], query["end_date"] = first.isoformat(), last.isoformat()
+    elif user_email is None:
+        problems.append("user_email, start_date, end_date: give user_email, or start_date and end_date")
+    if problems:
+        raise Care360ValidationError(problems)
+    return query

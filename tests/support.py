@@ -69,7 +69,7 @@ def _xcom_model() -> Any:
     return XComModel
 
 
-def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1) -> Any:
+def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
     XComModel = _xcom_model()  # noqa: N806
     from airflow.utils.session import create_session
 
@@ -78,7 +78,7 @@ def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1) -> Any:
         row = (
             session.query(XComModel)
             .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id, map_index=map_index)
-            .filter_by(key="return_value")
+            .filter_by(key=key)
             .one()
         )
         if isinstance(row.value, dict):  # Airflow 2.11 hands back the decoded JSON

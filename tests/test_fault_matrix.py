@@ -1,9 +1,13 @@
 """
-Every fault the simulator can inject, through a real DAG run with ``retries=2``.
+Every fault the simulator can inject, through a real DAG run with ``retries=2`` (and a few with
+Airflow's default ``retries=0``).
 
 For each: the final task state, the number of tries, the wait between tries where the API named
-one, the error text, and the ledger: exactly one booking, or none with the task failed saying why.
-Across the matrix no case books twice and none loses a booking without a failed task.
+one, the error text, the outcome record, and the ledger: exactly one appointment, or none with the
+task failed saying why. The simulator accepts a second booking of a slot here (``one_on_one`` off,
+except where a case says otherwise), so a double booking would show as two. Across the matrix no
+case books twice, none loses a booking without a failed task, and while the lookup answers no case
+asks a person to check a calendar. The README's fault table is this matrix.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ import pytest
 
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
 from airflow_provider_care360.simulator import Care360Simulator, Fault
-from support import iso, next_slot, run_dag, state_of, tries
+from support import iso, next_slot, run_dag, state_of, tries, xcom_value
 
 MAY_EXIST = "may or may not exist"
 NOT_SENT = "the request was not sent"
+EXISTS = "The lookup shows the appointment exists: booked once"
+SAFE_AGAIN = "does not exist: nothing was booked, and the task is safe to run again"
+UNUSABLE = "set check_existing=False"
 INVALID_400 = {
     "status": 400,
     "success": False,
     "message": "Invalid request",
     "error": "startTime is not valid",
 }
+HTML = "text/html"
 
 
 @dataclass
@@ -40,10 +48,15 @@ class Case:
     state: str = "failed"
     tries: int = 1
     booked: int = 0
+    outcome: str = "rejected"
     text: str = ""
     conn: str = "sim"  # sim | fast (1 s read timeout) | wrong_key | refused | blackhole | tls
     dag: str = "care360_t_params"
     waits_at_least: float | None = None  # seconds between try 1 and try 2 (Airflow >= 3.3)
+    posts: int | None = None  # booking requests sent, where the case is about that number
+    preload: bool = False  # the appointment exists already, booked elsewhere
+    one_on_one: bool = False
+    person: str = "no"  # what a person must do afterwards (the README's table)
 
 
 def _http_date_in(seconds: float) -> list[Fault]:
@@ -51,23 +64,43 @@ def _http_date_in(seconds: float) -> list[Fault]:
     return [Fault(status=429, headers={"Retry-After": format_datetime(when, usegmt=True)})]
 
 
+def lookup(status: int = 500, **kwargs: Any) -> Fault:
+    return Fault(status, target="lookup", **kwargs)
+
+
+PASS = Fault(passthrough=True, target="lookup")
+NO_RETRIES = "care360_t_no_retries"
+NO_CHECK = "care360_t_no_check"
+
 CASES: dict[str, Case] = {
     # rejected: fail at once, nothing booked
-    "400": Case([Fault(400, INVALID_400)], text="Invalid request; startTime is not valid"),
-    "401": Case(conn="wrong_key", text="rejected the API key of connection 'care360_matrix'"),
-    "403": Case(
-        [Fault(403, {"status": 403, "success": False, "message": "Forbidden"})], text="(403; Forbidden)"
+    "400": Case(
+        [Fault(400, INVALID_400)], text="Invalid request; startTime is not valid", person="fix the row"
     ),
-    "404": Case([Fault(404, b"Not Found", content_type="text/plain")], text="(404;"),
-    "422": Case([Fault(422, {"message": "Unprocessable"})], text="(422; Unprocessable)"),
+    "401": Case(
+        conn="wrong_key", text="rejected the API key of connection 'care360_matrix'", person="fix the key"
+    ),
+    "403": Case(
+        [Fault(403, {"status": 403, "success": False, "message": "Forbidden"})],
+        text="(403; Forbidden)",
+        person="fix the key's rights",
+    ),
+    "404": Case([Fault(404, b"Not Found", content_type="text/plain")], text="(404;", person="fix the URL"),
+    "422": Case(
+        [Fault(422, {"message": "Unprocessable"})], text="(422; Unprocessable)", person="fix the row"
+    ),
     "200 success false": Case(
-        [Fault(200, {"status": 200, "success": False, "message": "Slot unavailable"})], text="success=false"
+        [Fault(200, {"status": 200, "success": False, "message": "Slot unavailable"})],
+        text="success=false",
+        person="fix the row",
     ),
     # throttled: retried by Airflow, after the wait the API named
     "429 Retry-After seconds": Case(
-        [Fault(429, headers={"Retry-After": "3"})], "success", 2, 1, waits_at_least=3.0
+        [Fault(429, headers={"Retry-After": "3"})], "success", 2, 1, "booked", waits_at_least=3.0
     ),
-    "429 Retry-After HTTP-date": Case(lambda: _http_date_in(6), "success", 2, 1, waits_at_least=1.0),
+    "429 Retry-After HTTP-date": Case(
+        lambda: _http_date_in(6), "success", 2, 1, "booked", waits_at_least=1.0
+    ),
     "429 X-RateLimit-Reset": Case(
         [
             Fault(
@@ -78,45 +111,154 @@ CASES: dict[str, Case] = {
         "success",
         2,
         1,
+        "booked",
         waits_at_least=3.0,
     ),
-    "429 no headers": Case([Fault(429)], "success", 2, 1, waits_at_least=0.9),
+    "429 no headers": Case([Fault(429)], "success", 2, 1, "booked", waits_at_least=0.9),
     "429 until retries run out": Case(
-        [Fault(429, headers={"Retry-After": "1"})] * 3, "failed", 3, 0, text="rate limit exceeded (429)"
+        [Fault(429, headers={"Retry-After": "1"})] * 3,
+        "failed",
+        3,
+        0,
+        "throttled",
+        text="rate limit exceeded (429)",
+        person="raise retries",
     ),
     # not sent: retried with the task's own settings
     "503 then booked": Case(
-        [Fault(503, b"<html>Maintenance</html>", content_type="text/html")], "success", 2, 1
+        [Fault(503, b"<html>Maintenance</html>", content_type=HTML)], "success", 2, 1, "booked"
     ),
-    "connection refused": Case(conn="refused", tries=3, text=NOT_SENT),
-    "connect timeout": Case(conn="blackhole", tries=3, text=NOT_SENT),
-    "TLS failure": Case(conn="tls", tries=3, text=NOT_SENT),
-    # ambiguous: the booking may exist, so fail at once (by default)
-    "read timeout, applied": Case([Fault(200, delay=3, apply=True)], booked=1, conn="fast", text=MAY_EXIST),
-    "read timeout, not applied": Case([Fault(200, delay=3)], conn="fast", text=MAY_EXIST),
-    "reset before applying": Case([Fault(reset=True)], text=MAY_EXIST),
-    "reset after applying": Case([Fault(reset=True, apply=True)], booked=1, text=MAY_EXIST),
+    "connection refused": Case(
+        conn="refused", tries=3, outcome="not_sent", text=NOT_SENT, person="fix the URL"
+    ),
+    "connect timeout": Case(
+        conn="blackhole", tries=3, outcome="not_sent", text=NOT_SENT, person="fix the network"
+    ),
+    "TLS failure": Case(conn="tls", tries=3, outcome="not_sent", text=NOT_SENT, person="fix the URL"),
+    # ambiguous: settled by the lookup. Applied: booked once, in the same try. Not applied: the
+    # lookup shows nothing, and the retry books it.
+    "read timeout, applied": Case(
+        [Fault(200, delay=3, apply=True)], "success", 1, 1, "booked", EXISTS, "fast"
+    ),
+    "read timeout, not applied": Case([Fault(200, delay=3)], "success", 2, 1, "booked", SAFE_AGAIN, "fast"),
+    "reset before applying": Case([Fault(reset=True)], "success", 2, 1, "booked", SAFE_AGAIN),
+    "reset after applying": Case([Fault(reset=True, apply=True)], "success", 1, 1, "booked", EXISTS),
     "500 HTML page": Case(
-        [Fault(500, b"<html><h1>Error</h1></html>", content_type="text/html")], text=MAY_EXIST
+        [Fault(500, b"<html><h1>Error</h1></html>", content_type=HTML)], "success", 2, 1, "booked", SAFE_AGAIN
     ),
+    "500, applied": Case([Fault(500, apply=True)], "success", 1, 1, "booked", EXISTS),
     "502, applied": Case(
-        [Fault(502, b"<html>Bad Gateway</html>", content_type="text/html", apply=True)],
-        booked=1,
-        text=MAY_EXIST,
+        [Fault(502, b"<html>Bad Gateway</html>", content_type=HTML, apply=True)],
+        "success",
+        1,
+        1,
+        "booked",
+        EXISTS,
     ),
-    "504": Case([Fault(504, b"")], text=MAY_EXIST),
+    "502, not applied": Case([Fault(502, b"", content_type=HTML)], "success", 2, 1, "booked", SAFE_AGAIN),
+    "504": Case([Fault(504, b"")], "success", 2, 1, "booked", SAFE_AGAIN),
+    "504, applied": Case([Fault(504, b"", apply=True)], "success", 1, 1, "booked", EXISTS),
     "200 malformed JSON, applied": Case(
-        [Fault(200, '{"status": 200, "succ', apply=True)], booked=1, text="not the documented JSON"
+        [Fault(200, '{"status": 200, "succ', apply=True)], "success", 1, 1, "booked", EXISTS
     ),
     "200 very large body, applied": Case(
-        [Fault(200, b"x" * (3 << 20), content_type="text/plain", apply=True)], booked=1, text=MAY_EXIST
+        [Fault(200, b"x" * (3 << 20), content_type="text/plain", apply=True)],
+        "success",
+        1,
+        1,
+        "booked",
+        EXISTS,
     ),
-    # ambiguous, with retry_on_ambiguous=True
-    "retry_on_ambiguous: read timeout, not applied": Case(
-        [Fault(200, delay=3)], "success", 2, 1, conn="fast", dag="care360_t_ambiguous_retry"
+    # ... and the settling lookup fails too: the next try looks again before it books
+    "502 applied, settling lookup 500": Case(
+        [Fault(502, b"", apply=True), PASS, lookup(500)], "success", 2, 1, "already_booked", posts=1
     ),
-    "retry_on_ambiguous: 502 applied, retry meets the taken slot": Case(
-        [Fault(502, b"", apply=True)], "failed", 2, 1, dag="care360_t_ambiguous_retry", text="already booked"
+    # Airflow's default retries=0: both halves of the settle rule in one try
+    "retries=0: read timeout, applied": Case(
+        [Fault(200, delay=3, apply=True)], "success", 1, 1, "booked", EXISTS, "fast", NO_RETRIES
+    ),
+    "retries=0: 502, not applied": Case(
+        [Fault(502, b"")],
+        "failed",
+        1,
+        0,
+        "not_sent",
+        SAFE_AGAIN + " (it has no retries left)",
+        dag=NO_RETRIES,
+        person="run it again (safe)",
+    ),
+    "retries=0: 502 applied, settling lookup 500": Case(
+        [Fault(502, b"", apply=True), PASS, lookup(500)],
+        "failed",
+        1,
+        1,
+        "ambiguous",
+        "Running the task again is safe: every try looks the invitee up before it books",
+        dag=NO_RETRIES,
+        person="run it again (safe)",
+    ),
+    # a booking made elsewhere: found, nothing sent
+    "already booked elsewhere": Case([], "success", 1, 0, "already_booked", posts=0, preload=True),
+    # the lookup itself fails
+    "lookup 403": Case(
+        [lookup(403, body={"status": 403, "success": False, "message": "Forbidden"})],
+        outcome="rejected",
+        text=UNUSABLE,
+        posts=0,
+        person="grant the lookup, or check_existing=False",
+    ),
+    "lookup 404, no such endpoint": Case(
+        [lookup(404, body=b"<html>Cannot GET</html>", content_type=HTML)],
+        text=UNUSABLE,
+        posts=0,
+        person="fix the URL, or check_existing=False",
+    ),
+    "lookup 200 of another shape": Case(
+        [lookup(200, body={"status": 200, "success": True, "data": {"start": "x"}})],
+        text=UNUSABLE,
+        posts=0,
+        person="check_existing=False",
+    ),
+    "lookup 401": Case(
+        [lookup(401)],
+        text="rejected the API key of connection 'care360_matrix'",
+        posts=0,
+        person="fix the key",
+    ),
+    "lookup 429 then booked": Case(
+        [lookup(429, headers={"Retry-After": "2"})], "success", 2, 1, "booked", posts=1, waits_at_least=2.0
+    ),
+    "lookup 500 then booked": Case([lookup(500)], "success", 2, 1, "booked", posts=1),
+    "lookup read timeout then booked": Case(
+        [lookup(200, delay=3)], "success", 2, 1, "booked", conn="fast", posts=1
+    ),
+    "lookup reset then booked": Case([lookup(reset=True)], "success", 2, 1, "booked", posts=1),
+    # check_existing=False: the old rule, one request per try; ambiguous fails at once
+    "no lookup: read timeout, applied": Case(
+        [Fault(200, delay=3, apply=True)],
+        booked=1,
+        outcome="ambiguous",
+        text=MAY_EXIST,
+        conn="fast",
+        dag=NO_CHECK,
+        person="check the calendar",
+    ),
+    "no lookup: 502, not applied": Case(
+        [Fault(502, b"")], outcome="ambiguous", text=MAY_EXIST, dag=NO_CHECK, person="check the calendar"
+    ),
+    "no lookup, retry_on_ambiguous: read timeout, not applied": Case(
+        [Fault(200, delay=3)], "success", 2, 1, "booked", conn="fast", dag="care360_t_ambiguous_retry"
+    ),
+    "no lookup, retry_on_ambiguous: 502 applied, retry meets the taken slot": Case(
+        [Fault(502, b"", apply=True)],
+        "failed",
+        2,
+        1,
+        "rejected",
+        "already booked",
+        dag="care360_t_ambiguous_retry",
+        one_on_one=True,
+        person="none (booked once)",
     ),
 }
 
@@ -173,37 +315,51 @@ def _connection(kind: str, sim: Care360Simulator, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("name", list(CASES))
 def test_fault(name: str, simulator: Care360Simulator, monkeypatch: pytest.MonkeyPatch, capfd: Any) -> None:
     case = CASES[name]
+    simulator.one_on_one = case.one_on_one
     faults = case.faults() if callable(case.faults) else case.faults
     for fault in faults:
         simulator.inject(fault)
     start = next_slot(days=2)
+    if case.preload:
+        simulator.add_appointment(email="jane.doe@example.com", start=start.isoformat())
     with _connection(case.conn, simulator, monkeypatch):
         result = run_dag(case.dag, {"start_time": iso(start), "conn_id": "care360_matrix"})
     output = capfd.readouterr()
     text = output.out + output.err
     ti = result.ti("book")
+    record = xcom_value(result, "book", key="care360_outcome")
 
     assert (state_of(ti), ti.try_number) == (case.state, case.tries), text[-3000:]
     assert simulator.booked_count() == case.booked
+    assert record["outcome"] == case.outcome, record
+    if case.posts is not None:
+        assert len(simulator.booking_requests) == case.posts
     # The invariants the matrix exists for.
-    assert simulator.booked_count() <= 1, "booked twice"
-    assert simulator.booked_count() == 1 or state_of(ti) == "failed", "lost without a failed task"
+    appointments = len(simulator.appointments)
+    assert appointments <= 1, "booked twice"
+    assert appointments == 1 or state_of(ti) == "failed", "lost without a failed task"
+    if state_of(ti) == "success":
+        assert record["outcome"] in ("booked", "already_booked") and record == xcom_value(result, "book")
     if case.text:
         assert case.text in text
+    if case.state == "failed":
+        assert record["message"] and record["message"].splitlines()[0] in text
+    if case.person == "no":
+        assert "check the calendar" not in text
+    requests = simulator.lookup_requests if name.startswith("lookup 429") else simulator.booking_requests
     if case.waits_at_least is not None and not RETRY_POLICIES_SUPPORTED:
         # The documented fallback on Airflow < 3.3: the task's own retry_delay (1 s here).
-        first, second = simulator.requests[:2]
+        first, second = requests[:2]
         assert second["at"] - first["at"] >= 1.0 - 0.05
     elif case.waits_at_least is not None:
-        first, second = tries(result)[:2]
-        assert first.retry_delay_override is not None
-        assert first.retry_delay_override >= case.waits_at_least
-        assert first.retry_delay_override <= max(case.waits_at_least, 6) * 1.1 + 1
-        waited = (second.start - first.end).total_seconds()
-        assert waited >= first.retry_delay_override - 0.05
-        sent = simulator.requests
-        assert sent[1]["at"] - sent[0]["at"] >= first.retry_delay_override - 0.05
-        assert waited <= first.retry_delay_override + 3  # dag.test() polls once a second
+        first_try, second_try = tries(result)[:2]
+        assert first_try.retry_delay_override is not None
+        assert first_try.retry_delay_override >= case.waits_at_least
+        assert first_try.retry_delay_override <= max(case.waits_at_least, 6) * 1.1 + 1
+        waited = (second_try.start - first_try.end).total_seconds()
+        assert waited >= first_try.retry_delay_override - 0.05
+        assert requests[1]["at"] - requests[0]["at"] >= first_try.retry_delay_override - 0.05
+        assert waited <= first_try.retry_delay_override + 3  # dag.test() polls once a second
 
 
 def test_a_retry_policy_of_the_users_own_wins(simulator: Care360Simulator) -> None:
@@ -253,7 +409,7 @@ def test_mapped_batch_of_30_under_a_rate_limit_books_each_exactly_once(
     result = run_dag("care360_t_big_batch", {"invitees": invitees})
     wall = time.monotonic() - started
 
-    statuses = [r["status"] for r in simulator.requests]
+    statuses = [r["status"] for r in simulator.booking_requests]
     assert result.state == "success"
     assert sorted(b["email"] for b in simulator.bookings) == sorted(i["invitee_email"] for i in invitees)
     assert statuses.count(200) == 30

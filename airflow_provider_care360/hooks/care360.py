@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -13,14 +13,22 @@ from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_care360 import __version__
 from airflow_provider_care360._contract import APPOINTMENTS_PATH, AVAILABILITY_PATH
-from airflow_provider_care360._responses import parse_response, safe_snippet
+from airflow_provider_care360._responses import (
+    match_appointment,
+    parse_instant,
+    parse_lookup_response,
+    parse_response,
+    safe_snippet,
+)
 from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
     Care360ConnectionConfigError,
     Care360Error,
+    Care360LookupError,
     Care360NotSentError,
+    Care360ValidationError,
 )
-from airflow_provider_care360.validation import build_booking_payload
+from airflow_provider_care360.validation import build_booking_payload, build_lookup_query
 
 if TYPE_CHECKING:
     import requests
@@ -272,8 +280,15 @@ class Care360Hook(BaseHook):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
-        """Send one request; map transport failures to ``NotSent`` or ``Ambiguous`` errors."""
+    def _request(
+        self, method: str, path: str, *, read_only: bool = False, **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        """
+        Send one request; map transport failures to typed errors.
+
+        A failure before the request left is ``NotSent``; one after it may have reached Care360 is
+        ``Ambiguous`` for a booking, and a retryable ``LookupError`` for a ``read_only`` request.
+        """
         import requests
 
         settings = self.settings
@@ -287,10 +302,21 @@ class Care360Hook(BaseHook):
                 f"Care360 connection {self.care360_conn_id!r}: {url!r} is not a valid URL ({exc})."
             ) from None
         except requests.exceptions.RequestException as exc:
-            raise self._transport_error(exc, settings.base_url) from None
+            error = self._transport_error(exc, settings.base_url)
+            if read_only and isinstance(error, Care360AmbiguousError):
+                raise Care360LookupError(
+                    f"The appointment lookup at {settings.base_url} failed ({type(exc).__name__}). "
+                    "Nothing was booked; a lookup is safe to repeat, and Airflow will retry the task."
+                ) from None
+            raise error from None
         try:
             body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
         except Exception as exc:  # a reset or a broken chunk while reading the answer
+            if read_only:
+                raise Care360LookupError(
+                    f"The connection to Care360 at {settings.base_url} broke while reading the "
+                    f"lookup's answer ({type(exc).__name__}). Nothing was booked; Airflow will retry."
+                ) from None
             raise Care360AmbiguousError(
                 f"The connection to Care360 at {settings.base_url} broke while reading its answer "
                 f"({type(exc).__name__}). The booking may or may not exist: check the calendar for "
@@ -372,6 +398,54 @@ class Care360Hook(BaseHook):
         return parse_response(
             status, headers, body, conn_id=self.care360_conn_id, secret=self.settings.api_key
         )
+
+    def find_appointments(
+        self,
+        *,
+        user_email: str | None = None,
+        start_date: str | date | None = None,
+        end_date: str | date | None = None,
+    ) -> list[dict[str, Any]]:
+        """
+        Fetch appointments (``GET /api/v1/calendar/appointments``).
+
+        Filter by the invitee's ``user_email`` (matched case-insensitively by Care360), by a range of
+        days (``start_date`` and ``end_date``, both or neither, ``YYYY-MM-DD`` or ``date``), or both.
+        The query is checked before anything is sent. Care360 returns only appointments that are
+        not deleted and have not ended, sorted by end time; an email it does not know is answered
+        with its "not found" error, returned here as an empty list.
+
+        :return: the appointments, as the API's plain dicts (``id``, ``start``, ``end``, ``status``, ...).
+        :raises Care360ValidationError: a bad query (nothing sent).
+        :raises Care360LookupError: a 5xx, timeout or reset: safe to retry.
+        :raises Care360RateLimitError: a 429.
+        :raises Care360LookupUnusableError: a 403, no such endpoint, or an answer of another shape.
+        """
+        query = build_lookup_query(user_email=user_email, start_date=start_date, end_date=end_date)
+        status, headers, body = self._request("GET", APPOINTMENTS_PATH, read_only=True, params=query)
+        self.log.debug("Care360 answered %s to the appointment lookup", status)
+        return parse_lookup_response(
+            status,
+            headers,
+            body,
+            conn_id=self.care360_conn_id,
+            by_email="user_email" in query,
+            secret=self.settings.api_key,
+        )
+
+    def find_appointment_at(self, *, email: str, start_time: str | datetime) -> dict[str, Any] | None:
+        """
+        The invitee's appointment that starts at the instant ``start_time``, or ``None``.
+
+        Compares instants, not strings: ``2026-12-01T15:00:00Z``, ``...T15:00:00.000Z`` and
+        ``...T16:00:00+01:00`` are the same start. ``start_time`` must be aware (an offset or ``Z``).
+        """
+        start = parse_instant(start_time)
+        if start is None:
+            raise Care360ValidationError(
+                [f"start_time: {start_time!r} is not allowed; allowed: an ISO 8601 date-time with an offset"]
+            )
+        return match_appointment(self.find_appointments(user_email=email), start)
 
     def test_connection(self) -> tuple[bool, str]:
         """

@@ -39,7 +39,7 @@ def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
         location="{{ params.location }}",
         first_name="{{ params.first_name }}",
         care360_conn_id="{{ params.conn_id }}",
-        **extra,
+        **{"settle_delay": 0.2, **extra},
     )
 
 
@@ -136,7 +136,7 @@ with DAG(
     _params_operator()
 
 
-# 7. The caller accepts the double-booking risk of retrying an ambiguous outcome.
+# 7. No lookup, and the caller accepts the double-booking risk of retrying an ambiguous outcome.
 with DAG(
     "care360_t_ambiguous_retry",
     schedule=None,
@@ -145,7 +145,29 @@ with DAG(
     params=BOOKING_PARAMS,
     default_args=FAST_RETRIES,
 ):
-    _params_operator(retry_on_ambiguous=True)
+    _params_operator(check_existing=False, retry_on_ambiguous=True)
+
+# 7b. No lookup: one booking request per try, as before the lookup existed.
+with DAG(
+    "care360_t_no_check",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args=FAST_RETRIES,
+):
+    _params_operator(check_existing=False)
+
+# 7c. Airflow's default: no retries at all.
+with DAG(
+    "care360_t_no_retries",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args={"email_on_failure": False, "email_on_retry": False},
+):
+    _params_operator()
 
 # 8. A retry policy of the user's own replaces the provider's (Airflow >= 3.3 only).
 try:

@@ -33,14 +33,24 @@ def booking_conf(start: datetime, **overrides: Any) -> dict[str, Any]:
 # -- templating ---------------------------------------------------------------------------------
 
 
-def test_fields_templated_from_params_book_once_and_return_the_api_body(simulator: Any) -> None:
+def test_fields_templated_from_params_book_once_and_return_the_outcome_record(simulator: Any) -> None:
     start = next_slot(days=2)
     result = run_dag("care360_t_params", booking_conf(start))
 
     assert result.state == "success"
     ti = result.ti("book")
     assert state_of(ti) == "success" and ti.try_number == 1
-    assert xcom_value(result, "book") == DOCUMENTED_OK
+    record = xcom_value(result, "book")
+    assert record["outcome"] == "booked" and record["http_status"] == 200
+    assert record["response"] == DOCUMENTED_OK
+    assert (record["event_type_id"], record["start_time"], record["email"]) == (
+        "85f13305-0647-4473-9e63-0a56af405f6f",
+        iso(start),
+        "jane.doe@example.com",
+    )
+    assert xcom_value(result, "book", key="care360_outcome") == record
+    # It looked before it booked: one lookup, then one booking.
+    assert [(r["method"], r["status"]) for r in simulator.requests] == [("GET", 404), ("POST", 200)]
     [booking] = simulator.bookings
     assert booking["email"] == "jane.doe@example.com"
     assert booking["startTime"] == iso(start)
@@ -120,7 +130,10 @@ def test_mapped_batch_books_each_invitee_in_its_own_task_instance(simulator: Any
     mapped = sorted(k[1] for k in result.tis if k[0] == "book")
     assert mapped == [0, 1, 2, 3, 4]
     assert sorted(b["email"] for b in simulator.bookings) == sorted(i["invitee_email"] for i in invitees)
-    assert all(xcom_value(result, "book", i) == DOCUMENTED_OK for i in range(5))
+    records = [xcom_value(result, "book", i) for i in range(5)]
+    assert [(r["outcome"], r["map_index"], r["email"]) for r in records] == [
+        ("booked", i, f"patient{i}@example.com") for i in range(5)
+    ]
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -138,7 +151,10 @@ def test_invalid_fields_fail_at_once_without_any_request(simulator: Any, capfd: 
     ti = result.ti("book")
     assert state_of(ti) == "failed"
     assert ti.try_number == 1  # retries=2, yet no retry
-    assert simulator.requests == []
+    assert simulator.requests == []  # not even a lookup
+    record = xcom_value(result, "book", key="care360_outcome")
+    assert (record["outcome"], record["http_status"]) == ("rejected", None)
+    assert "location:" in record["message"]
     out = capfd.readouterr()
     text = out.out + out.err
     for field in ("start_time", "email", "timezone", "location"):
@@ -163,7 +179,7 @@ def test_400_fails_after_one_try_with_the_api_error(simulator: Any, capfd: Any) 
 
     ti = result.ti("book")
     assert (state_of(ti), ti.try_number) == ("failed", 1)
-    assert len(simulator.requests) == 1 and simulator.bookings == []
+    assert len(simulator.booking_requests) == 1 and simulator.bookings == []
     out = capfd.readouterr()
     assert "Invalid request; startTime is not a correct slot" in out.out + out.err
 
@@ -189,7 +205,7 @@ def test_401_fails_after_one_try_naming_the_connection(
 
     ti = result.ti("book")
     assert (state_of(ti), ti.try_number) == ("failed", 1)
-    assert [r["status"] for r in simulator.requests] == [401]
+    assert [r["status"] for r in simulator.requests] == [401]  # the lookup; no booking sent
     out = capfd.readouterr()
     assert "rejected the API key of connection 'care360_wrong_key'" in out.out + out.err
     assert "not-the-key" not in out.out + out.err
@@ -201,7 +217,7 @@ def test_429_goes_up_for_retry_then_books_once(simulator: Any) -> None:
 
     ti = result.ti("book")
     assert (state_of(ti), ti.try_number) == ("success", 2)
-    assert [r["status"] for r in simulator.requests] == [429, 200]
+    assert [r["status"] for r in simulator.booking_requests] == [429, 200]
     assert len(simulator.bookings) == 1
 
 
@@ -222,7 +238,7 @@ def test_429_from_the_real_rate_limiter_in_a_batch(simulator: Any) -> None:
     assert result.state == "success"
     assert len(simulator.bookings) == 3
     assert len({b["email"] for b in simulator.bookings}) == 3
-    assert 429 in [r["status"] for r in simulator.requests]
+    assert 429 in [r["status"] for r in simulator.booking_requests]
 
 
 # -- secrets and PII ----------------------------------------------------------------------------
@@ -238,7 +254,7 @@ def test_api_key_never_in_logs_xcom_or_rendered_fields(simulator: Any, api_key: 
     result = run_dag("care360_t_params", conf)
     assert result.state == "success"
     # A failing run too: its exception text goes through the same logs.
-    simulator.inject(Fault(status=500, body={"message": f"echo {api_key}"}))
+    simulator.inject(Fault(status=500, body={"message": f"echo {api_key}"}), times=3)
     failed = run_dag("care360_t_params", booking_conf(next_slot(days=2, offset_slots=1)))
     assert state_of(failed.ti("book")) == "failed"
 
@@ -344,7 +360,7 @@ def test_dag_email_alerts_the_on_call_address_and_never_books_it(
 
     assert smtp.recipients == [["oncall@example.org"]]
     assert [b["email"] for b in simulator.bookings] == ["jane.doe@example.com"]
-    assert all(r["body"]["email"] != "oncall@example.org" for r in simulator.requests)
+    assert all(r["body"]["email"] != "oncall@example.org" for r in simulator.booking_requests)
 
 
 def test_email_is_not_a_booking_field_and_invitee_email_is() -> None:

@@ -1,0 +1,148 @@
+"""
+The outcome record of a booking, and the summary of a batch of them.
+
+``ScheduleAppointmentOperator`` pushes one record per try to XCom under :data:`OUTCOME_KEY`, also
+when the try fails, and returns the same record when it succeeds. A task downstream of a mapped
+booking task (``trigger_rule="all_done"``) pulls every row's record and turns them into a summary
+with :func:`summarize_outcomes`, to write back to a warehouse or a CRM.
+
+Pure functions, no Airflow imports.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["OUTCOMES", "OUTCOME_KEY", "SETTLED", "outcome_record", "summarize_outcomes"]
+
+#: The XCom key of the outcome record.
+OUTCOME_KEY = "care360_outcome"
+
+#: Every value of a record's ``outcome``, in the order a summary lists them.
+OUTCOMES: tuple[str, ...] = ("booked", "already_booked", "rejected", "throttled", "not_sent", "ambiguous")
+
+#: The outcomes that mean "the appointment exists, once".
+SETTLED = frozenset({"booked", "already_booked"})
+
+_NO_RECORD = (
+    "no outcome recorded: the task did not finish a try (it did not run, its upstream failed, "
+    "or its worker was killed and it had no try left)"
+)
+
+
+def outcome_record(
+    *,
+    outcome: str | None = None,
+    http_status: int | None = None,
+    message: str = "",
+    event_type_id: Any = None,
+    start_time: Any = None,
+    email: Any = None,
+    response: dict[str, Any] | None = None,
+    appointment: dict[str, Any] | None = None,
+    map_index: int = -1,
+    try_number: int | None = None,
+) -> dict[str, Any]:
+    """
+    One booking's outcome as a JSON-serialisable dict.
+
+    :param outcome: one of :data:`OUTCOMES`.
+    :param http_status: the status of the last answer that decided the outcome, or ``None``.
+    :param message: what happened, in words; never the API key, never the invitee's name.
+    :param start_time: the start as sent (UTC, ``YYYY-MM-DDTHH:MM:SSZ``), or the raw value if it was
+        invalid.
+    :param email: the row's invitee address, so the record joins back to its row.
+    :param response: the API's JSON answer to the booking, when one was received.
+    :param appointment: the matching appointment from the lookup, when known.
+    """
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    return {
+        "outcome": outcome,
+        "http_status": http_status,
+        "message": message,
+        "event_type_id": _plain(event_type_id),
+        "start_time": _plain(start_time),
+        "email": _plain(email),
+        "response": response,
+        "appointment": appointment,
+        "map_index": map_index,
+        "try_number": try_number,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a raw field (a datetime becomes its ISO string)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) else str(value)
+
+
+def _as_list(records: Any) -> list[Mapping[str, Any]]:
+    """What ``xcom_pull`` gave: one record, a list or a lazy sequence of them, or ``None``."""
+    if records is None:
+        return []
+    if isinstance(records, Mapping):
+        return [records]
+    return [r for r in records if isinstance(r, Mapping)]
+
+
+def summarize_outcomes(
+    records: Iterable[Mapping[str, Any] | None] | Mapping[str, Any] | None,
+    rows: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """
+    Count a batch's outcomes and list every row that did not end ``booked`` or ``already_booked``.
+
+    Records are matched to rows by their ``map_index``, never by position (``xcom_pull`` across map
+    indexes gives no promise about order or gaps). With ``rows`` (the list the booking task was
+    mapped over), a row without a record is reported too, as ``outcome: None``.
+
+    :param records: what ``ti.xcom_pull(task_ids=..., key=OUTCOME_KEY)`` returned.
+    :param rows: the mapped-over list, to account for rows that left no record.
+    :return: ``{"rows": n, "counts": {outcome: n, ...}, "problems": [{...}, ...]}``; each problem has
+        ``map_index``, ``email``, ``event_type_id``, ``start_time``, ``outcome``, ``http_status`` and
+        ``reason``.
+    """
+    by_index: dict[int, Mapping[str, Any]] = {}
+    unindexed: list[Mapping[str, Any]] = []
+    for item in _as_list(records):
+        index = item.get("map_index")
+        if isinstance(index, int) and index >= 0 and index not in by_index:
+            by_index[index] = item
+        else:
+            unindexed.append(item)
+    entries: list[tuple[int | None, Mapping[str, Any] | None, Any]] = []
+    if rows is not None:
+        entries = [(i, by_index.pop(i, None), row) for i, row in enumerate(rows)]
+    entries += [(i, found, None) for i, found in sorted(by_index.items())]
+    entries += [(None, found, None) for found in unindexed]
+
+    counts: Counter[str] = Counter()
+    problems: list[dict[str, Any]] = []
+    for index, record, row in entries:
+        outcome = record.get("outcome") if record else None
+        counts[outcome or "no_record"] += 1
+        if outcome in SETTLED:
+            continue
+        source: Mapping[str, Any] = {}
+        if record is not None:
+            source = record
+        elif isinstance(row, Mapping):
+            source = row
+        problems.append(
+            {
+                "map_index": index,
+                "email": source.get("email", source.get("invitee_email")),
+                "event_type_id": source.get("event_type_id"),
+                "start_time": source.get("start_time"),
+                "outcome": outcome,
+                "http_status": record.get("http_status") if record else None,
+                "reason": (record.get("message") if record else None) or _NO_RECORD,
+            }
+        )
+    ordered = {name: counts[name] for name in (*OUTCOMES, "no_record") if counts[name]}
+    return {"rows": len(entries), "counts": ordered, "problems": problems}
