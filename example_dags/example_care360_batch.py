@@ -1,9 +1,15 @@
 """
-Book a batch of invitees, one mapped task instance per booking, within the API's rate limit.
+Book a batch of invitees, one mapped task instance per booking, and write every row's outcome back.
 
 ``load_invitees`` returns a list of dicts of operator arguments (from a CRM export, a warehouse
 table, a file); ``ScheduleAppointmentOperator.partial(...).expand_kwargs(...)`` books each one as
-its own task instance, so each booking succeeds, fails or retries on its own.
+its own task instance, so each booking succeeds, fails or retries on its own. Each booking looks
+the invitee up first, so running the DAG again with the same rows books nobody twice.
+
+``write_back`` runs when every booking has finished, whatever its state (``trigger_rule="all_done"``).
+It pulls every row's outcome record (XCom key ``care360_outcome``, across all map indexes) and
+returns a summary: counts per outcome, and one line per row that did not end ``booked`` or
+``already_booked``, with the reason. Swap its last lines for your warehouse or CRM hook.
 
 Concurrency: every instance runs in the ``care360`` pool, so at most that pool's slots book at
 once, however many instances the batch has. Create the pool before the first run::
@@ -26,14 +32,20 @@ from typing import Any
 from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+from airflow_provider_care360.outcomes import OUTCOME_KEY, summarize_outcomes
 
 EVENT_TYPE_ID = "85f13305-0647-4473-9e63-0a56af405f6f"
 BATCH_SIZE = 10
 
 
 @task
-def load_invitees() -> list[dict[str, Any]]:
-    """Stand-in for a CRM export: ten invitees, each in its own slot tomorrow from 14:00 UTC."""
+def load_invitees(dag_run: Any = None) -> list[dict[str, Any]]:
+    """
+    Stand-in for a CRM export: the run's ``invitees`` if it was triggered with some, else ten
+    invitees, each in its own slot tomorrow from 14:00 UTC.
+    """
+    if dag_run is not None and (dag_run.conf or {}).get("invitees"):
+        return list(dag_run.conf["invitees"])
     first_slot = (datetime.now(UTC) + timedelta(days=1)).replace(hour=14, minute=0, second=0, microsecond=0)
     return [
         {
@@ -56,11 +68,25 @@ with DAG(
     tags=["care360", "example"],
     default_args={"email_on_failure": False, "email_on_retry": False},
 ):
-    ScheduleAppointmentOperator.partial(
+    invitees = load_invitees()
+    bookings = ScheduleAppointmentOperator.partial(
         task_id="book_appointment",
         event_type_id=EVENT_TYPE_ID,
         location="zoom_conference",
         pool="care360",
         retries=5,
         retry_delay=timedelta(seconds=30),
-    ).expand_kwargs(load_invitees())
+    ).expand_kwargs(invitees)
+
+    @task(trigger_rule="all_done")
+    def write_back(rows: list[dict[str, Any]], ti: Any = None) -> dict[str, Any]:
+        """Every row's outcome, matched to its row by map index (never by position)."""
+        records = ti.xcom_pull(task_ids="book_appointment", key=OUTCOME_KEY)
+        summary = summarize_outcomes(records, rows)
+        print(f"{summary['rows']} rows: {summary['counts']}")
+        for problem in summary["problems"]:
+            print(f"  row {problem['map_index']}: {problem['outcome']}: {problem['reason']}")
+        # Here: write summary["problems"] back, e.g. UPDATE referrals SET booking_error = ... per row.
+        return summary
+
+    bookings >> write_back(invitees)

@@ -3,11 +3,14 @@
 
 Starts the simulator on a free loopback port, migrates a throwaway Airflow home, creates the
 ``care360`` pool, runs example DAG 1 (with params) and example DAG 3 (a mapped batch) with
-``airflow dags test``, prints what the simulator booked, stops it and cleans up.
+``airflow dags test``, then example DAG 3 again with the same rows (every booking task looks first
+and finds its appointment), prints each batch's write-back summary and what the simulator booked,
+stops it and cleans up.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -17,6 +20,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow_provider_care360.simulator import Care360Simulator
 
@@ -34,6 +38,32 @@ def run(step: str, args: list[str], env: dict[str, str], logs: Path) -> None:
     if proc.returncode != 0:
         print(log.read_text()[-4000:])
         raise SystemExit(f"demo failed at: {step} (log: {log})")
+
+
+def write_back_summaries(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The ``write_back`` results of example 3's runs, oldest first, read from the metadata DB."""
+    code = (
+        "import json\n"
+        "from airflow.utils.session import create_session\n"
+        "try:\n"
+        "    from airflow.models.xcom import XComModel as X\n"
+        "except ImportError:\n"
+        "    from airflow.models.xcom import XCom as X\n"
+        "with create_session() as s:\n"
+        "    rows = s.query(X).filter_by(dag_id='example_care360_batch', task_id='write_back',"
+        " key='return_value').order_by(X.timestamp).all()\n"
+        "    print(json.dumps([r.value if isinstance(r.value, dict) else X.deserialize_value(r)"
+        " for r in rows]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def print_summary(title: str, summary: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in summary["counts"].items())
+    print(f"\n{title}: {summary['rows']} rows: {counts}")
+    for problem in summary["problems"]:
+        print(f"  row {problem['map_index']}: {problem['outcome']}: {problem['reason']}")
 
 
 def main() -> int:
@@ -75,8 +105,19 @@ def main() -> int:
                 env,
                 logs,
             )
+            run(
+                "example 3 again, same rows: each task looks first",
+                ["dags", "test", "example_care360_batch"],
+                env,
+                logs,
+            )
+            summaries = write_back_summaries(env)
         finally:
             bookings = sim.bookings
+        for title, summary in zip(
+            ("Write-back, first batch", "Write-back, same rows again"), summaries, strict=False
+        ):
+            print_summary(title, summary)
         print(f"\nThe simulator booked {len(bookings)} appointment(s):")
         print(f"  {'start (UTC)':<22}{'event type':<40}{'invitee':<26}{'location'}")
         for b in sorted(bookings, key=lambda b: b["startTime"]):
@@ -85,7 +126,10 @@ def main() -> int:
     if len(bookings) != 11 or len({b["email"] for b in bookings}) != 11:
         print("expected 11 distinct bookings", file=sys.stderr)
         return 1
-    print("\nDemo finished: 11 bookings, each exactly once.")
+    if [s["counts"] for s in summaries] != [{"booked": 10}, {"already_booked": 10}]:
+        print("expected the second batch to find all 10 bookings", file=sys.stderr)
+        return 1
+    print("\nDemo finished: 11 bookings, each exactly once; the second batch sent no booking.")
     return 0
 
 

@@ -39,20 +39,20 @@ class DagRunResult:
         return self.tis[(task_id, map_index)]
 
 
-def get_test_dag(dag_id: str) -> Any:
+def get_test_dag(dag_id: str, folder: Path = TEST_DAGS) -> Any:
     """Parse the test DAG file afresh: ``dag.test()`` mutates the DAG it runs (params from conf)."""
     try:
         from airflow.dag_processing.dagbag import DagBag
     except ImportError:  # Airflow 2
         from airflow.models.dagbag import DagBag
-    bag = DagBag(dag_folder=str(TEST_DAGS))
+    bag = DagBag(dag_folder=str(folder))
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None, folder: Path = TEST_DAGS) -> DagRunResult:
     """Run a test DAG to completion with ``dag.test()`` and return its task instances."""
-    dr = get_test_dag(dag_id).test(run_conf=conf)
+    dr = get_test_dag(dag_id, folder).test(run_conf=conf)
     tis = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances()}
     return DagRunResult(state=str(getattr(dr.state, "value", dr.state)), tis=tis, run_id=dr.run_id)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from support import EXAMPLE_DAGS, airflow_cli, iso
+from support import EXAMPLE_DAGS, airflow_cli, iso, next_slot, run_dag, state_of, xcom_value
 
 EXAMPLES = {
     "example_care360_single_booking",
@@ -88,3 +88,60 @@ def test_examples_book_through_airflow_dags_test(simulator: Any, api_key: str) -
         "referral1@example.com",
     ]
     assert len(emails) == len(set(emails)) == 13
+
+
+def test_batch_example_writes_back_every_row_of_a_mixed_batch(simulator: Any) -> None:
+    def row(i: int, **overrides: Any) -> dict[str, Any]:
+        return {
+            "start_time": iso(next_slot(days=3, offset_slots=i)),
+            "invitee_email": f"row{i}@example.com",
+            "timezone": "UTC",
+            **overrides,
+        }
+
+    taken = next_slot(days=3, offset_slots=1)
+    simulator.add_appointment(email="row1@example.com", start=taken.isoformat())
+    off_slot = next_slot(days=3, offset_slots=2).replace(minute=15)
+    rows = [
+        row(0),  # booked
+        row(1),  # already booked elsewhere: found by the lookup, nothing sent
+        row(2, start_time=iso(off_slot)),  # Care360 answers 400: not a slot
+        row(3, invitee_email="not-an-email"),  # invalid input: nothing sent
+        row(4),  # booked
+    ]
+    result = run_dag("example_care360_batch", {"invitees": rows}, folder=EXAMPLE_DAGS)
+
+    states = {i: state_of(result.ti("book_appointment", i)) for i in range(5)}
+    assert states == {0: "success", 1: "success", 2: "failed", 3: "failed", 4: "success"}
+    assert state_of(result.ti("write_back")) == "success"
+    assert sorted(b["email"] for b in simulator.bookings) == ["row0@example.com", "row4@example.com"]
+    summary = xcom_value(result, "write_back")
+    assert summary["rows"] == 5
+    assert summary["counts"] == {"booked": 2, "already_booked": 1, "rejected": 2}
+    problems = {p["map_index"]: p for p in summary["problems"]}
+    assert sorted(problems) == [2, 3]
+    assert (problems[2]["email"], problems[2]["http_status"]) == ("row2@example.com", 400)
+    assert "not a correct slot" in problems[2]["reason"]
+    assert (problems[3]["email"], problems[3]["http_status"]) == ("not-an-email", None)
+    assert "email:" in problems[3]["reason"] and "Nothing was booked" in problems[3]["reason"]
+    assert problems[2]["start_time"] == iso(off_slot)
+
+
+def test_batch_example_run_again_with_the_same_rows_books_nobody_twice(simulator: Any) -> None:
+    rows = [
+        {
+            "start_time": iso(next_slot(days=4, offset_slots=i)),
+            "invitee_email": f"again{i}@example.com",
+            "timezone": "UTC",
+        }
+        for i in range(3)
+    ]
+    simulator.one_on_one = False  # a second booking would show as a second appointment
+    first = run_dag("example_care360_batch", {"invitees": rows}, folder=EXAMPLE_DAGS)
+    posts_after_first = len(simulator.booking_requests)
+    second = run_dag("example_care360_batch", {"invitees": rows}, folder=EXAMPLE_DAGS)
+
+    assert xcom_value(first, "write_back")["counts"] == {"booked": 3}
+    assert xcom_value(second, "write_back")["counts"] == {"already_booked": 3}
+    assert posts_after_first == 3 and len(simulator.booking_requests) == 3
+    assert len(simulator.appointments) == 3
