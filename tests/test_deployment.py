@@ -1,8 +1,21 @@
 """
 A real Airflow 3.3 deployment on loopback: scheduler, DAG processor and API server with the
-LocalExecutor (SQLite, throwaway home). Example DAG 3 is triggered through the REST API, runs to the
-end, and the simulator's ledger shows each booking once. Everything is shut down afterwards, and the
-test checks that no process is left behind.
+LocalExecutor (SQLite, throwaway home), DAG runs triggered through the REST API.
+
+The three ways Airflow runs a booking task twice, each ending with one booking and a successful
+task (the simulator accepts a second booking of a slot here, so a double booking would show):
+
+* the task process is killed (SIGKILL, as an OOM kill or an eviction does) while it waits for
+  Care360's answer, and Airflow retries the task;
+* its supervisor is killed, the heartbeat times out, and a new try starts while the old task process
+  still waits for its answer;
+* a successful run is cleared and runs again.
+
+With ``check_existing=False``, a try killed mid-request is followed by a try that fails as ambiguous
+without sending. And example DAG 3 books its batch with each mapped task in the ``care360`` pool.
+
+The scenarios share one deployment and run one after another (the simulator's fault queue is
+shared). Everything is shut down afterwards, and the test checks that no process is left behind.
 """
 
 from __future__ import annotations
@@ -10,19 +23,22 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_care360.simulator import Care360Simulator
-from support import EXAMPLE_DAGS, airflow_cli
+from airflow_provider_care360.simulator import Care360Simulator, Fault
+from support import EXAMPLE_DAGS, ROOT, airflow_cli, iso, next_slot
 
 try:
     from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
@@ -32,6 +48,7 @@ except ImportError:  # pragma: no cover
 pytestmark = pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the deployment test targets Airflow 3.3")
 
 DAG_ID = "example_care360_batch"
+HEARTBEAT_TIMEOUT = 8  # seconds without a heartbeat before the scheduler fails the try
 
 
 def _free_port() -> int:
@@ -62,7 +79,7 @@ def _wait(what: str, probe: Any, timeout: float, procs: list[subprocess.Popen[by
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -73,17 +90,102 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_example_batch_through_a_scheduler_and_local_executor(tmp_path: Path) -> None:
+def _pid_of_client(port: int) -> int:
+    """The process that holds the client end of a loopback connection (found by PID, never by name)."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.pid and conn.pid != os.getpid():
+            return int(conn.pid)
+    raise AssertionError(f"no process holds the client port {port}")
+
+
+@dataclass
+class Deployment:
+    api: str
+    sim: Care360Simulator
+    procs: list[subprocess.Popen[bytes]]
+    logs: Path
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None}
+        if conf:
+            body["conf"] = conf
+        run = _call(f"{self.api}/api/v2/dags/{dag_id}/dagRuns", "POST", body)
+        return str(run["dag_run_id"])
+
+    def finished(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
+        url = f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        return str(
+            _wait(
+                f"{dag_id} {run_id} to finish",
+                lambda: (s := _call(url)["state"]) in ("success", "failed") and s,
+                timeout,
+                self.procs,
+            )
+        )
+
+    def task(self, dag_id: str, run_id: str, task_id: str = "book") -> dict[str, Any]:
+        return dict(_call(f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"))
+
+    def xcom(self, dag_id: str, run_id: str, key: str, task_id: str = "book") -> Any:
+        url = f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return _call(url)["value"]
+
+    def booking_in_flight(self, email: str, timeout: float = 120) -> dict[str, Any]:
+        """The booking POST for ``email`` that the simulator has received (and is holding)."""
+
+        def probe() -> dict[str, Any] | None:
+            for request in self.sim.booking_requests:
+                if isinstance(request["body"], dict) and request["body"].get("email") == email:
+                    return request
+            return None
+
+        return dict(_wait(f"the booking request for {email}", probe, timeout, self.procs))
+
+    def tail(self) -> str:
+        return "\n".join((self.logs / f).read_text(errors="replace")[-2000:] for f in ("scheduler.log",))
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> list[str]:
+    """Stop every process group we started; return the names of any still alive afterwards."""
+    for proc in procs:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Workers and uvicorn children share their parent's group: give them a moment.
+    stop_by = time.monotonic() + 30
+    while any(_group_alive(p.pid) for p in procs) and time.monotonic() < stop_by:
+        time.sleep(0.5)
+    leftovers = [str(p.args[1]) for p in procs if _group_alive(p.pid)]  # type: ignore[index]
+    for proc in procs:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return leftovers
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("deployment")
     port = _free_port()
     api = f"http://127.0.0.1:{port}"
-    home = tmp_path / "home"
-    logs = tmp_path / "logs"
+    home, logs, dags = tmp / "home", tmp / "logs", tmp / "dags"
     logs.mkdir()
+    dags.mkdir()
+    shutil.copy(EXAMPLE_DAGS / "example_care360_batch.py", dags)
+    shutil.copy(ROOT / "tests" / "deployment_dags" / "care360_deploy_dags.py", dags)
     with Care360Simulator(api_key="deploy-" + secrets.token_hex(6)) as sim:
+        sim.one_on_one = False  # a second booking of a slot would show as a second appointment
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))},
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
@@ -93,7 +195,11 @@ def test_example_batch_through_a_scheduler_and_local_executor(tmp_path: Path) ->
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            **sim.airflow_connection_env(),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            # A read timeout longer than the simulator holds a request, so the try really waits.
+            **sim.airflow_connection_env(timeout=[2, 10]),
+            **sim.airflow_connection_env("care360_slow", timeout=[2, 25]),
         }
         subprocess.run([airflow_cli(), "db", "migrate"], env=env, check=True, capture_output=True)
         subprocess.run(
@@ -120,43 +226,105 @@ def test_example_batch_through_a_scheduler_and_local_executor(tmp_path: Path) ->
                     )
                 )
             _wait("the API server", lambda: _call(f"{api}/api/v2/monitor/health"), 120, procs)
-            _wait("the DAG to be parsed", lambda: _call(f"{api}/api/v2/dags/{DAG_ID}")["dag_id"], 180, procs)
-            _call(f"{api}/api/v2/dags/{DAG_ID}", "PATCH", {"is_paused": False})
-            run = _call(f"{api}/api/v2/dags/{DAG_ID}/dagRuns", "POST", {"logical_date": None})
-            run_url = f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
-            state = _wait(
-                "the DAG run to finish",
-                lambda: (s := _call(run_url)["state"]) in ("success", "failed") and s,
-                300,
-                procs,
-            )
-            tis = _call(f"{run_url}/taskInstances")["task_instances"]
+            for dag_id in (DAG_ID, "care360_d_book", "care360_d_no_check"):
+                _wait(
+                    f"{dag_id} to be parsed",
+                    lambda d=dag_id: _call(f"{api}/api/v2/dags/{d}")["dag_id"],
+                    180,
+                    procs,
+                )
+                _call(f"{api}/api/v2/dags/{dag_id}", "PATCH", {"is_paused": False})
+            yield Deployment(api, sim, procs, logs)
         finally:
-            for proc in procs:
-                if _group_alive(proc.pid):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            for proc in procs:
-                try:
-                    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            # Workers and gunicorn/uvicorn children share their parent's group: give them a moment.
-            stop_by = time.monotonic() + 30
-            while any(_group_alive(p.pid) for p in procs) and time.monotonic() < stop_by:
-                time.sleep(0.5)
-            leftovers = [p.args[1] for p in procs if _group_alive(p.pid)]
-            for proc in procs:
-                if _group_alive(proc.pid):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            leftovers = _stop(procs)
+        assert leftovers == [], f"processes left behind: {leftovers}"
 
-        booked = sim.bookings
-    details = "\n".join((logs / f).read_text(errors="replace")[-1500:] for f in ("scheduler.log",))
-    assert state == "success", details
+
+def _row(email: str, days: int, conn_id: str = "care360_default") -> dict[str, Any]:
+    return {"email": email, "start_time": iso(next_slot(days=days)), "conn_id": conn_id}
+
+
+def test_killed_task_process_mid_request_is_retried_and_books_once(deployment: Deployment) -> None:
+    email = "killed@example.com"
+    deployment.sim.inject(Fault(200, delay=8, apply=True))  # booked, then the answer is held
+    run_id = deployment.trigger("care360_d_book", _row(email, days=5))
+    request = deployment.booking_in_flight(email)
+    os.kill(_pid_of_client(request["client"][1]), signal.SIGKILL)
+
+    assert deployment.finished("care360_d_book", run_id) == "success", deployment.tail()
+    ti = deployment.task("care360_d_book", run_id)
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
+    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "already_booked"
+
+
+def test_heartbeat_timeout_while_the_old_try_waits_books_once(deployment: Deployment) -> None:
+    import psutil
+
+    email = "heartbeat@example.com"
+    deployment.sim.inject(Fault(200, delay=20, apply=True))  # the old try waits 20 s for its answer
+    run_id = deployment.trigger("care360_d_book", _row(email, days=6, conn_id="care360_slow"))
+    request = deployment.booking_in_flight(email)
+    task_process = psutil.Process(_pid_of_client(request["client"][1]))
+    supervisor = task_process.parent()
+    assert supervisor is not None
+    supervisor.send_signal(signal.SIGKILL)  # no more heartbeats; the task process waits on
+
+    assert deployment.finished("care360_d_book", run_id) == "success", deployment.tail()
+    ti = deployment.task("care360_d_book", run_id)
+    assert ti["state"] == "success" and ti["try_number"] >= 2
+    assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
+    if task_process.is_running():
+        task_process.kill()  # the orphaned old try: it has nobody left to report to
+
+
+def test_clearing_a_successful_run_books_nobody_twice(deployment: Deployment) -> None:
+    email = "cleared@example.com"
+    run_id = deployment.trigger("care360_d_book", _row(email, days=7))
+    assert deployment.finished("care360_d_book", run_id) == "success", deployment.tail()
+    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "booked"
+
+    _call(f"{deployment.api}/api/v2/dags/care360_d_book/dagRuns/{run_id}/clear", "POST", {"dry_run": False})
+    _wait(
+        "the cleared task to run again",
+        lambda: deployment.task("care360_d_book", run_id)["try_number"] >= 2,
+        120,
+        deployment.procs,
+    )
+    assert deployment.finished("care360_d_book", run_id) == "success", deployment.tail()
+    ti = deployment.task("care360_d_book", run_id)
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
+    assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 1
+    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "already_booked"
+
+
+def test_without_the_lookup_a_try_after_a_killed_one_fails_as_ambiguous_without_sending(
+    deployment: Deployment,
+) -> None:
+    email = "nocheck@example.com"
+    deployment.sim.inject(Fault(200, delay=8, apply=True))
+    run_id = deployment.trigger("care360_d_no_check", _row(email, days=8))
+    request = deployment.booking_in_flight(email)
+    os.kill(_pid_of_client(request["client"][1]), signal.SIGKILL)
+
+    assert deployment.finished("care360_d_no_check", run_id) == "failed"
+    ti = deployment.task("care360_d_no_check", run_id)
+    assert (ti["state"], ti["try_number"]) == ("failed", 2)  # failed at once: retries were left
+    assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 1
+    record = deployment.xcom("care360_d_no_check", run_id, "care360_outcome")
+    assert record["outcome"] == "ambiguous"
+    assert "ended without recording Care360's answer" in record["message"]
+
+
+def test_example_batch_through_a_scheduler_and_local_executor(deployment: Deployment) -> None:
+    run_id = deployment.trigger(DAG_ID)
+    assert deployment.finished(DAG_ID, run_id, timeout=300) == "success", deployment.tail()
+    tis = _call(f"{deployment.api}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
     mapped = [t for t in tis if t["task_id"] == "book_appointment"]
     assert len(mapped) == 10 and all(t["state"] == "success" for t in mapped)
     assert all(t["pool"] == "care360" for t in mapped)
-    emails = [b["email"] for b in booked]
+    emails = [b["email"] for b in deployment.sim.bookings if b["email"].startswith("patient")]
     assert sorted(emails) == [f"patient{i:02d}@example.com" for i in range(10)]
-    assert leftovers == [], f"processes left behind: {leftovers}"
+    summary = deployment.xcom(DAG_ID, run_id, "return_value", task_id="write_back")
+    assert summary["counts"] == {"booked": 10}

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_care360._responses import (
+    match_appointment,
+    parse_lookup_response,
     parse_rate_limit_reset,
     parse_response,
     parse_retry_after,
@@ -22,6 +24,8 @@ from airflow_provider_care360.exceptions import (
     Care360AuthError,
     Care360BadRequestError,
     Care360Error,
+    Care360LookupError,
+    Care360LookupUnusableError,
     Care360NotSentError,
     Care360RateLimitError,
     Care360RejectedError,
@@ -190,3 +194,89 @@ def test_any_response_is_a_result_or_a_typed_error(status: int, headers: dict[st
         assert exc.retry_after is None or exc.retry_after >= 0
         return
     assert 200 <= status < 300 and result.get("success") is True
+
+
+# -- Fetch Appointments ---------------------------------------------------------------------------
+
+APPOINTMENT = {"id": "a1", "start": "2026-12-01T15:00:00.000Z", "end": "2026-12-01T15:30:00.000Z"}
+
+
+def lookup(status: int, body: Any = b"", by_email: bool = True, headers: dict[str, str] | None = None) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_lookup_response(
+        status, headers or {}, raw, conn_id="care360_test", by_email=by_email, secret="KEY-123", now=NOW
+    )
+
+
+def test_lookup_200_returns_the_data() -> None:
+    assert lookup(200, {"status": 200, "success": True, "data": [APPOINTMENT]}) == [APPOINTMENT]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": 200, "success": True, "data": {"start": "x"}},
+        {"status": 200, "success": True},
+        {"status": 200, "success": True, "data": [{"id": "no start"}]},
+        {"status": 200, "success": True, "data": [{"start": "2026-12-01T15:00:00"}]},  # no offset
+        {"status": 200, "success": False, "data": []},
+        b"<html>ok</html>",
+    ],
+)
+def test_lookup_200_of_another_shape_is_unusable(body: Any) -> None:
+    with pytest.raises(Care360LookupUnusableError, match="check_existing=False"):
+        lookup(200, body)
+
+
+def test_lookup_unknown_user_404_is_no_appointments_and_a_missing_route_is_not() -> None:
+    unknown = {"status": 404, "success": False, "message": "Not found", "error": "NotFoundError"}
+    assert lookup(404, unknown) == []
+    assert lookup(404, {"status": 404, "success": False, "message": "User not found"}) == []
+    with pytest.raises(Care360LookupUnusableError, match="no such endpoint"):
+        lookup(404, b"<html>Cannot GET /api/v1/calendar/appointments</html>")
+    with pytest.raises(Care360LookupUnusableError):
+        lookup(404, {"message": "Route not found"})
+    with pytest.raises(Care360LookupUnusableError):
+        lookup(404, unknown, by_email=False)  # a range query names no user
+
+
+def test_lookup_statuses_map_to_typed_errors() -> None:
+    with pytest.raises(Care360AuthError):
+        lookup(401, {"status": 401, "success": False, "message": "Unauthorized"})
+    with pytest.raises(Care360RateLimitError) as throttled:
+        lookup(429, {}, headers={"Retry-After": "7"})
+    assert throttled.value.retry_after == 7
+    with pytest.raises(Care360LookupUnusableError, match="forbidden"):
+        lookup(403, {"status": 403, "success": False, "message": "Forbidden"})
+    for status in (500, 502, 503, 504):
+        with pytest.raises(Care360LookupError) as failed:
+            lookup(status, b"")
+        assert failed.value.outcome is Outcome.NOT_SENT
+
+
+def test_lookup_errors_never_quote_the_key() -> None:
+    with pytest.raises(Care360LookupError) as caught:
+        lookup(500, {"message": "echo KEY-123"})
+    assert "KEY-123" not in str(caught.value) and "KEY-123" not in json.dumps(caught.value.response)
+
+
+def test_match_appointment_compares_instants() -> None:
+    start = datetime(2026, 12, 1, 15, tzinfo=UTC)
+    offset = {**APPOINTMENT, "start": "2026-12-01T20:30:00+05:30"}
+    assert match_appointment([APPOINTMENT], start) == APPOINTMENT
+    assert match_appointment([offset], start) == offset
+    assert match_appointment([{**APPOINTMENT, "start": "2026-12-01T15:00:00Z"}], start) is not None
+    assert match_appointment([APPOINTMENT], start.replace(minute=30)) is None
+    assert match_appointment([{**APPOINTMENT, "status": "CANCELLED"}], start) is None
+    assert match_appointment([{**APPOINTMENT, "isDeleted": True}], start) is None
+
+
+def test_an_error_keeps_the_json_answer_without_the_key() -> None:
+    with pytest.raises(Care360BadRequestError) as caught:
+        parse(400, {"status": 400, "success": False, "message": "Invalid request", "error": "KEY-123 bad"})
+    assert caught.value.response == {
+        "status": 400,
+        "success": False,
+        "message": "Invalid request",
+        "error": "*** bad",
+    }

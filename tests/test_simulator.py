@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,85 @@ def test_the_simulator_does_not_import_airflow() -> None:
     code = "import sys, airflow_provider_care360.simulator; print('airflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- Fetch Appointments (section 2a) ------------------------------------------------------------
+
+
+def lookup(url: str, query: str, key: str | None = "k-123") -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(f"{url}{PATH}?{query}", headers={"cv-api-key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def test_lookup_shows_what_was_booked_with_milliseconds(sim: Care360Simulator) -> None:
+    start = next_slot(days=2)
+    assert post(sim.url, valid_body(startTime=iso(start), email="Jane@Example.com"), "k-123")[0] == 200
+
+    status, _, body = lookup(sim.url, "user_email=jane@example.COM")  # matched case-insensitively
+    assert (status, body["success"], body["message"]) == (200, True, "Appointments fetched successfully")
+    [appointment] = body["data"]
+    assert appointment["start"] == start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert appointment["end"] == (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert appointment["status"] == "CONFIRMED" and appointment["isDeleted"] is False
+    assert {"eventTypeId", "email", "tracking"}.isdisjoint(appointment)  # as the API: no such fields
+
+
+def test_lookup_of_an_unknown_email_is_the_documented_not_found(sim: Care360Simulator) -> None:
+    status, _, body = lookup(sim.url, "user_email=nobody@example.com")
+    assert status == 404 and body["success"] is False and "NotFoundError" in body["error"]
+
+
+def test_lookup_checks_the_key_and_the_query(sim: Care360Simulator) -> None:
+    assert lookup(sim.url, "user_email=a@example.com", key="wrong")[0] == 401
+    assert lookup(sim.url, "")[0] == 400
+    assert lookup(sim.url, "start_date=2026-01-01")[0] == 400
+    assert lookup(sim.url, "start_date=2026-01-02&end_date=2026-01-01")[0] == 400
+    assert lookup(sim.url, "start_date=2026-1-1&end_date=2026-01-02")[0] == 400
+
+
+def test_lookup_by_days_matches_overlaps_sorted_by_end(sim: Care360Simulator) -> None:
+    late, early = next_slot(days=3, offset_slots=3), next_slot(days=3)
+    sim.add_appointment(email="b@example.com", start=late.isoformat(), duration_minutes=60)
+    sim.add_appointment(email="a@example.com", start=early.isoformat())
+    sim.add_appointment(email="c@example.com", start=next_slot(days=9).isoformat())
+    day = early.date().isoformat()
+    status, _, body = lookup(sim.url, f"start_date={day}&end_date={day}")
+    starts = [a["start"] for a in body["data"]]
+    expected = [early, late] if late.date() == early.date() else [early]
+    assert status == 200 and starts == [s.strftime("%Y-%m-%dT%H:%M:%S.000Z") for s in expected]
+
+
+def test_cancelled_appointments_leave_lookups_and_free_their_slot(sim: Care360Simulator) -> None:
+    start = next_slot(days=2)
+    assert post(sim.url, valid_body(startTime=iso(start)), "k-123")[0] == 200
+    [booked] = sim.bookings
+    assert sim.cancel_appointment(booked["id"]) is True
+    assert lookup(sim.url, "user_email=invitee@example.com")[2]["data"] == []
+    assert post(sim.url, valid_body(startTime=iso(start)), "k-123")[0] == 200  # the slot is free again
+
+
+def test_preloaded_appointments_show_in_lookups_and_take_their_slot(sim: Care360Simulator) -> None:
+    start = next_slot(days=2)
+    sim.add_appointment(email="invitee@example.com", start=start.isoformat(), event_type_id="evt")
+    assert len(lookup(sim.url, "user_email=invitee@example.com")[2]["data"]) == 1
+    assert post(sim.url, valid_body(startTime=iso(start)), "k-123")[0] == 400
+    assert sim.bookings == [] and len(sim.appointments) == 1
+
+
+def test_lookup_faults_and_rate_limit_are_separate_from_bookings() -> None:
+    with Care360Simulator(api_key="k-123", lookup_rate_limit=1, lookup_rate_window=60) as sim:
+        sim.inject(Fault(503, target="lookup"))
+        sim.inject(Fault(passthrough=True, target="lookup"))
+        assert post(sim.url, valid_body(), "k-123")[0] == 200  # booking faults untouched
+        assert lookup(sim.url, "user_email=invitee@example.com")[0] == 503
+        assert lookup(sim.url, "user_email=invitee@example.com")[0] == 200  # passthrough, 1st of limit
+        status, headers, _ = lookup(sim.url, "user_email=invitee@example.com")
+        assert status == 429 and "Retry-After" in headers
+        assert [r["status"] for r in sim.lookup_requests] == [503, 200, 429]
+        assert [r["status"] for r in sim.booking_requests] == [200]
+    with pytest.raises(ValueError, match="target"):
+        Fault(500, target="cancel")

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_care360 import __version__
 from airflow_provider_care360.exceptions import (
@@ -317,3 +318,78 @@ def test_fields_saved_by_older_connection_forms_are_read(monkeypatch: pytest.Mon
     )
     settings = Care360Hook().settings
     assert settings.base_url == ENVIRONMENTS["staging"] and settings.timeout == (12.0, 12.0)
+
+
+# -- the appointment lookup -----------------------------------------------------------------------
+
+
+def test_find_appointments_sends_the_query_and_returns_the_data(simulator: Any, api_key: str) -> None:
+    start = next_slot(days=2)
+    book(Care360Hook(), start, email="Pat.Lee@example.com")
+    found = Care360Hook().find_appointments(user_email="pat.lee@EXAMPLE.com")
+
+    assert [a["start"] for a in found] == [start.strftime("%Y-%m-%dT%H:%M:%S.000Z")]
+    request = simulator.lookup_requests[-1]
+    assert request["query"] == {"user_email": ["pat.lee@EXAMPLE.com"]}
+    assert {k.lower(): v for k, v in request["headers"].items()}["cv-api-key"] == api_key
+
+
+def test_an_unknown_invitee_has_no_appointments(simulator: Any) -> None:
+    assert Care360Hook().find_appointments(user_email="nobody@example.com") == []
+    assert [r["status"] for r in simulator.lookup_requests] == [404]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"user_email": "not-an-email"},
+        {"start_date": "2026-12-01"},
+        {"start_date": "2026-12-02", "end_date": "2026-12-01"},
+        {"start_date": "01/12/2026", "end_date": "2026-12-02"},
+    ],
+)
+def test_a_bad_lookup_query_is_refused_before_sending(simulator: Any, query: dict[str, str]) -> None:
+    with pytest.raises(Care360ValidationError):
+        Care360Hook().find_appointments(**query)
+    assert simulator.requests == []
+
+
+def test_find_appointment_at_compares_instants_not_strings(simulator: Any) -> None:
+    start = next_slot(days=2)
+    book(Care360Hook(), start)
+    hook = Care360Hook()
+    kolkata = start.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    for same in (iso(start), start.strftime("%Y-%m-%dT%H:%M:%S.000Z"), kolkata, start):
+        found = hook.find_appointment_at(email="invitee@example.com", start_time=same)
+        assert found is not None and found["start"].startswith(start.strftime("%Y-%m-%dT%H:%M"))
+    assert (
+        hook.find_appointment_at(email="invitee@example.com", start_time=start + timedelta(minutes=30))
+        is None
+    )
+    with pytest.raises(Care360ValidationError):
+        hook.find_appointment_at(email="invitee@example.com", start_time=start.replace(tzinfo=None))
+
+
+def test_a_cancelled_appointment_is_not_found(simulator: Any) -> None:
+    start = next_slot(days=2)
+    book(Care360Hook(), start)
+    simulator.cancel_appointment(simulator.bookings[0]["id"])
+    assert Care360Hook().find_appointment_at(email="invitee@example.com", start_time=start) is None
+
+
+def test_a_lookup_timeout_is_a_retryable_lookup_error(
+    simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_care360.exceptions import Care360LookupError
+    from airflow_provider_care360.simulator import Fault
+
+    set_conn(monkeypatch, password=simulator.api_key, host=simulator.url, extra={"timeout": [1, 1]})
+    simulator.inject(Fault(200, delay=2, target="lookup"))
+    simulator.inject(Fault(reset=True, target="lookup"))
+    hook = Care360Hook()
+    for _ in range(2):
+        with pytest.raises(Care360LookupError) as caught:
+            hook.find_appointments(user_email="invitee@example.com")
+        assert caught.value.outcome.value == "not_sent"
+        assert not isinstance(caught.value, AirflowFailException)

@@ -1,0 +1,35 @@
+"""DAGs the deployment test triggers over REST: one booking from the run's conf, retried quickly."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.common.compat.sdk import DAG
+
+from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+
+for dag_id, check_existing in (("care360_d_book", True), ("care360_d_no_check", False)):
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2025, 1, 1),
+        catchup=False,
+        params={"email": "", "start_time": "", "conn_id": "care360_default"},
+        default_args={
+            "retries": 2,
+            "retry_delay": timedelta(seconds=2),
+            "email_on_failure": False,
+            "email_on_retry": False,
+        },
+    ):
+        ScheduleAppointmentOperator(
+            task_id="book",
+            event_type_id="evt-deploy",
+            start_time="{{ params.start_time }}",
+            invitee_email="{{ params.email }}",
+            timezone="UTC",
+            location="zoom_conference",
+            care360_conn_id="{{ params.conn_id }}",
+            check_existing=check_existing,
+            settle_delay=0.5,
+        )
