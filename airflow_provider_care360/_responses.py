@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_care360._pii import mask_email, mask_name
 from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
     Care360AuthError,
@@ -25,6 +26,7 @@ from airflow_provider_care360.exceptions import (
 
 SNIPPET_CHARS = 200
 _EPOCH_THRESHOLD = 1_000_000_000  # X-RateLimit-Reset above this is a Unix time, below it a delta
+_LONGEST_WAIT = 366 * 86400.0  # a wait asked for beyond a year is read as a year (the policy caps it)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -41,8 +43,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if text.isascii() and text.isdigit():  # str.isdigit() is also true for "²" and other digits
+        return float(int(text)) if len(text) < 12 else _LONGEST_WAIT
     from email.utils import parsedate_to_datetime
 
     try:
@@ -61,15 +63,16 @@ def parse_rate_limit_reset(value: str | None, now: datetime | None = None) -> fl
     """Seconds to wait from ``X-RateLimit-Reset``: a delta in seconds, or a Unix time."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        number = float(value.strip())
-    except ValueError:
+        number = float(text) if text.isascii() else float("nan")
+    except (ValueError, OverflowError):
         return None
     if number != number or number < 0 or number == float("inf"):  # NaN, negative, inf
         return None
     if number >= _EPOCH_THRESHOLD:
         current = (now or datetime.now(UTC)).timestamp()
-        return max(0.0, number - current)
+        return min(_LONGEST_WAIT, max(0.0, number - current))
     return number
 
 
@@ -81,26 +84,55 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
     return wait
 
 
-def safe_snippet(body: bytes | str, secret: str | None = None) -> str:
-    """A short, printable excerpt of a response body, with the API key (if echoed) removed."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = _CONTROL.sub(" ", text[: SNIPPET_CHARS * 4])
+def _secret_forms(secret: str) -> list[str]:
+    r"""The key as a server may echo it: verbatim, JSON-escaped (ASCII or not, ``\/``), URL-encoded."""
+    from urllib.parse import quote, quote_plus
+
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def redact(text: str, secret: str | None, personal: Sequence[str] = ()) -> str:
+    """
+    ``text`` with every form of the API key replaced by ``***``, and the invitee's personal data
+    (``personal``: the email and names the request sent) masked as in logs.
+    """
     if secret:
-        text = text.replace(secret, "***")
+        for form in _secret_forms(secret):
+            text = text.replace(form, "***")
+    for value in personal:
+        if "@" in value:
+            text = re.sub(re.escape(value), mask_email(value), text, flags=re.IGNORECASE)
+        elif len(value) > 1:  # a name: whole words only, so "Al" leaves "Invalid" alone
+            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", mask_name(value), text, flags=re.IGNORECASE)
+    return text
+
+
+def safe_snippet(body: bytes | str, secret: str | None = None, personal: Sequence[str] = ()) -> str:
+    """A short, printable excerpt of a response body, with the key and personal data removed first."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = _CONTROL.sub(" ", redact(text, secret, personal)[: SNIPPET_CHARS * 4])
     text = " ".join(text.split())
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 3] + "..."
 
 
-def scrub(value: Any, secret: str | None) -> Any:
-    """A copy of decoded JSON with the API key removed from every string in it."""
-    if not secret:
+def scrub(value: Any, secret: str | None, personal: Sequence[str] = ()) -> Any:
+    """A copy of decoded JSON with the key removed and personal data masked in every string."""
+    if not secret and not personal:
         return value
     if isinstance(value, str):
-        return value.replace(secret, "***")
+        return redact(value, secret, personal)
     if isinstance(value, list):
-        return [scrub(item, secret) for item in value]
+        return [scrub(item, secret, personal) for item in value]
     if isinstance(value, dict):
-        return {scrub(k, secret): scrub(v, secret) for k, v in value.items()}
+        return {scrub(k, secret, personal): scrub(v, secret, personal) for k, v in value.items()}
     return value
 
 
@@ -112,6 +144,7 @@ def _decode(body: bytes) -> Any:
 
 
 def _field(data: Mapping[str, Any], name: str, secret: str | None) -> str | None:
+    """A field of an already scrubbed body, as a short printable text."""
     value = data.get(name)
     if value is None:
         return None
@@ -125,6 +158,7 @@ def parse_response(
     *,
     conn_id: str,
     secret: str | None = None,
+    personal: Sequence[str] = (),
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """
@@ -132,12 +166,13 @@ def parse_response(
 
     :param conn_id: named in messages that ask the reader to check the connection.
     :param secret: the API key, removed from any text quoted from the body.
+    :param personal: the invitee's email and names as sent, masked wherever the body echoes them.
     """
     data = _decode(body)
-    fields: dict[str, Any] = scrub(data, secret) if isinstance(data, dict) else {}
+    fields: dict[str, Any] = scrub(data, secret, personal) if isinstance(data, dict) else {}
     api_message = _field(fields, "message", secret)
     api_error = _field(fields, "error", secret)
-    snippet = safe_snippet(body, secret)
+    snippet = safe_snippet(body, secret, personal)
     said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {snippet!r}"
     details: dict[str, Any] = {
         "status_code": status,
@@ -165,7 +200,7 @@ def parse_response(
     if 300 <= status < 400:
         location = _header(headers, "Location")
         raise Care360BadRequestError(
-            f"Care360 answered {status} (redirect to {safe_snippet(location or '?', secret)!r}). "
+            f"Care360 answered {status} (redirect to {safe_snippet(location or '?', secret, personal)!r}). "
             f"Nothing was booked; point the host of connection {conn_id!r} at the final URL.",
             **details,
         )

@@ -10,8 +10,8 @@ It can also be called from an upstream task to weed out bad rows before a mapped
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -30,10 +30,9 @@ __all__ = [
 
 _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
 
-# Deliberately loose: one "@", no spaces, a dot in the domain. The API has the final word.
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-_MAX_EMAIL = 254
 _MAX_SHOWN = 60
+# Files in a zoneinfo directory that are not IANA zone names.
+_NOT_ZONES = frozenset({"Factory", "localtime", "posixrules"})
 
 
 def _shown(value: object) -> str:
@@ -42,21 +41,61 @@ def _shown(value: object) -> str:
 
 
 def _email_problem(address: str) -> str | None:
-    if len(address) > _MAX_EMAIL or not _EMAIL_RE.match(address):
+    """Why ``address`` is not one valid email address (syntax only: no DNS, no network), or None."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
         return (
-            f"email: {mask_email(address)!r} is not a plausible email address; "
+            f"email: {mask_email(address)!r} is not a valid email address ({exc}); "
             "allowed: one address such as name@example.com"
         )
     return None
 
 
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    """The IANA time zone names (links such as ``US/Eastern`` included), from ``tzdata``."""
+    try:
+        from importlib.resources import files
+
+        names: set[str] | list[str] = files("tzdata").joinpath("zones").read_text().split()
+    except (ImportError, OSError):  # no tzdata package: the system's zoneinfo files
+        from zoneinfo import available_timezones
+
+        names = available_timezones()
+    return frozenset(n for n in names if n not in _NOT_ZONES and not n.startswith(("posix/", "right/")))
+
+
 def _zone(name: str) -> Any:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    if name not in _iana_names():
+        return None
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         return None
+
+
+def _wall_clock_problem(naive: datetime, zone: Any, zone_name: str) -> str | None:
+    """A naive start that does not exist in the zone (a DST gap) or happens twice (a fold)."""
+    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return None
+    shown = naive.isoformat()
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
+        moved = first.astimezone(UTC).astimezone(zone).isoformat()
+        return (
+            f"start_time: {shown} does not exist in {zone_name} (the clocks skip it for daylight "
+            f"saving time; it would be read as {moved}); allowed: a time that exists there, or a "
+            "time with an offset"
+        )
+    return (
+        f"start_time: {shown} happens twice in {zone_name} (the clocks go back); allowed: an offset "
+        f"that says which, {first.isoformat()} or {second.isoformat()}"
+    )
 
 
 def _parse_start(value: object) -> datetime | None:
@@ -71,6 +110,28 @@ def _parse_start(value: object) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def _start_text(
+    parsed: datetime, zone: Any, zone_name: str | None, now: datetime | None, problems: list[str]
+) -> str | None:
+    """The start as sent (UTC), or None with the problem appended; may raise OverflowError."""
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        if zone is None:
+            return None  # the timezone problem is already reported
+        if problem := _wall_clock_problem(parsed, zone, str(zone_name)):
+            problems.append(problem)
+            return None
+        parsed = parsed.replace(tzinfo=zone)
+    text = format_start_time(parsed)
+    current = now or datetime.now(UTC)
+    if parsed <= current:
+        problems.append(
+            f"start_time: {text} is not in the future (now {format_start_time(current)}); "
+            "allowed: a future date-time"
+        )
+        return None
+    return text
 
 
 def format_start_time(value: datetime) -> str:
@@ -182,20 +243,13 @@ def build_booking_payload(
                 "'2025-11-28T04:30:00Z', or a datetime"
             )
         else:
-            if parsed.tzinfo is None or parsed.utcoffset() is None:
-                if zone is not None:
-                    parsed = parsed.replace(tzinfo=zone)
-                else:
-                    parsed = None  # the timezone problem is already reported
-            if parsed is not None:
-                current = now or datetime.now(UTC)
-                if parsed <= current:
-                    problems.append(
-                        f"start_time: {format_start_time(parsed)} is not in the future "
-                        f"(now {format_start_time(current)}); allowed: a future date-time"
-                    )
-                else:
-                    start_text = format_start_time(parsed)
+            try:
+                start_text = _start_text(parsed, zone, zone_name, now, problems)
+            except (OverflowError, ValueError):
+                problems.append(
+                    f"start_time: {_shown(start_time)} is out of range; allowed: a date-time whose "
+                    "UTC instant falls between the years 1 and 9999"
+                )
 
     names: dict[str, str] = {}
     for field, wire, value in (("first_name", "firstName", first_name), ("last_name", "lastName", last_name)):

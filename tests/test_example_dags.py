@@ -42,8 +42,9 @@ def test_examples_parse_without_a_connection_or_network(monkeypatch: pytest.Monk
     assert attempts == []
     for dag_id in EXAMPLES:
         dag = bag.get_dag(dag_id)
-        assert "care360" in dag.tags and dag.doc_md is None or dag.description
-        assert dag.catchup is False
+        assert "care360" in dag.tags, dag_id
+        assert dag.description, dag_id
+        assert dag.catchup is False, dag_id
 
 
 def test_batch_example_caps_concurrency_with_a_pool() -> None:

@@ -7,6 +7,8 @@ import subprocess
 from importlib.metadata import entry_points
 from typing import Any
 
+import pytest
+
 from airflow_provider_care360 import __version__, get_provider_info
 from support import airflow_cli
 
@@ -95,12 +97,18 @@ def test_connection_form_fields_for_the_ui() -> None:
     assert "127.0.0.1:8360" in behaviour["placeholders"]["host"]
 
 
-def test_provider_info_and_legacy_form_describe_the_same_fields() -> None:
+def test_the_legacy_form_widgets_match_the_declared_fields() -> None:
+    pytest.importorskip("flask_appbuilder", reason="the legacy connection form is Airflow < 3.2's FAB UI")
     from airflow_provider_care360.hooks.care360 import Care360Hook
 
     [conn_type] = get_provider_info()["connection-types"]
-    legacy = Care360Hook.get_ui_field_behaviour()
-    declared = conn_type["ui-field-behaviour"]
-    assert legacy["hidden_fields"] == declared["hidden-fields"]
-    assert legacy["relabeling"] == declared["relabeling"]
-    assert legacy["placeholders"] == declared["placeholders"]
+    declared = conn_type["conn-fields"]
+    widgets = Care360Hook.get_connection_form_widgets()
+    assert set(widgets) == set(declared)
+    for name, field in declared.items():
+        widget = widgets[name]
+        assert str(widget.args[0]) == field["label"], name
+        assert widget.kwargs["description"].startswith(field["description"]), name
+    env_default = widgets["environment"].kwargs["default"]
+    assert env_default == declared["environment"]["schema"]["default"]
+    assert all(value in widgets["environment"].kwargs["description"] for value in ("production", "staging"))

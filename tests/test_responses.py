@@ -154,6 +154,27 @@ def test_snippets_are_short_printable_and_without_the_key() -> None:
     assert len(text) <= 200
 
 
+@pytest.mark.parametrize("value", ["²", "٣", "1²", "9" * 400, "1e999", "nan", "-5", ""])
+def test_odd_retry_after_values_are_ignored_or_capped_never_raised(value: str) -> None:
+    wait = parse_retry_after(value, NOW)
+    reset = parse_rate_limit_reset(value, NOW)
+    for seconds in (wait, reset):
+        assert seconds is None or 0 <= seconds <= 366 * 86400
+    with pytest.raises(Care360RateLimitError):
+        parse(429, {}, {"Retry-After": value, "X-RateLimit-Reset": value})
+
+
+def test_a_key_across_the_snippet_cut_and_in_escaped_forms_never_leaks() -> None:
+    key = 'k/ey"\u00e9-SECRET-0123456789'
+    for cut in range(780, 820):
+        assert "SECRET" not in safe_snippet("x" * cut + key + "y" * 100, secret=key)
+    for echoed in (json.dumps({"m": key}), json.dumps({"m": key}, ensure_ascii=False)):
+        assert "SECRET" not in safe_snippet(echoed, secret=key)
+    from urllib.parse import quote
+
+    assert "SECRET" not in safe_snippet(f"?k={quote(key, safe='')}", secret=key)
+
+
 def test_errors_survive_pickling_with_their_fields() -> None:
     with pytest.raises(Care360RateLimitError) as info:
         parse(429, {"message": "Rate limit exceeded"}, {"Retry-After": "9"})
@@ -164,7 +185,11 @@ def test_errors_survive_pickling_with_their_fields() -> None:
 
 _headers = st.dictionaries(
     st.sampled_from(["Retry-After", "X-RateLimit-Reset", "Content-Type", "Location", "X-Other"]),
-    st.one_of(st.text(max_size=40), st.integers(min_value=-(10**12), max_value=10**12).map(str)),
+    st.one_of(
+        st.text(max_size=40),
+        st.integers(min_value=-(10**12), max_value=10**12).map(str),
+        st.sampled_from(["²", "٣", "9" * 400, "1e999", "-0", " 5 ", "Wed, 21 Oct 10000 07:28:00 GMT"]),
+    ),
     max_size=4,
 )
 _bodies = st.one_of(
@@ -280,3 +305,27 @@ def test_an_error_keeps_the_json_answer_without_the_key() -> None:
         "message": "Invalid request",
         "error": "*** bad",
     }
+
+
+def test_personal_data_echoed_by_a_4xx_is_masked_wherever_it_is_quoted() -> None:
+    echo = {
+        "status": 400,
+        "success": False,
+        "message": "Invalid request",
+        "error": "Jane.Doe@Example.com (Zephyrine Quillfeather) is not allowed; Invalid slot for Al",
+    }
+    with pytest.raises(Care360BadRequestError) as caught:
+        parse_response(
+            400,
+            {},
+            json.dumps(echo).encode(),
+            conn_id="c",
+            secret="KEY-123",
+            personal=["jane.doe@example.com", "Zephyrine", "Quillfeather", "Al"],
+            now=NOW,
+        )
+    quoted = str(caught.value) + json.dumps(caught.value.response) + str(caught.value.api_error)
+    for pii in ("Jane.Doe@Example.com", "jane.doe", "Zephyrine", "Quillfeather"):
+        assert pii not in quoted
+    assert "j***@example.com" in str(caught.value) and "Z*** Q***" in str(caught.value)
+    assert "Invalid slot for A***" in str(caught.value)  # whole words only: "Invalid" is untouched

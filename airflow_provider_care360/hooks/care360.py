@@ -156,30 +156,38 @@ class Care360Hook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the ``care360`` connection form (Airflow < 3.2)."""
+        """Extra fields of the ``care360`` connection form (Airflow < 3.2), from ``conn-fields``."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms import BooleanField, StringField
         from wtforms.validators import AnyOf, Optional
 
+        from airflow_provider_care360 import get_provider_info
+
+        [conn_type] = get_provider_info()["connection-types"]
+        fields = conn_type["conn-fields"]
+
+        def text(name: str, **kwargs: Any) -> Any:
+            field = fields[name]
+            return StringField(
+                lazy_gettext(field["label"]),
+                widget=BS3TextFieldWidget(),
+                description=field["description"] + kwargs.pop("hint", ""),
+                **kwargs,
+            )
+
+        insecure = fields["allow_insecure_http"]
         return {
-            "environment": StringField(
-                lazy_gettext("Environment"),
-                widget=BS3TextFieldWidget(),
+            # The legacy form has no dropdown: a text field that accepts the same values.
+            "environment": text(
+                "environment",
                 validators=[Optional(), AnyOf(list(ENVIRONMENTS))],
-                description="production (default) or staging; ignored when a base URL override is set.",
-                default="production",
+                default=fields["environment"]["schema"]["default"],
+                hint=f" One of: {', '.join(ENVIRONMENTS)}.",
             ),
-            "timeout": StringField(
-                lazy_gettext("Timeout (seconds)"),
-                widget=BS3TextFieldWidget(),
-                validators=[Optional()],
-                description="Optional. One number, or connect,read; default 10,30.",
-            ),
+            "timeout": text("timeout", validators=[Optional()], hint=" One number, or connect,read."),
             "allow_insecure_http": BooleanField(
-                lazy_gettext("Allow plain HTTP"),
-                default=False,
-                description="Send the key over http:// to a non-loopback base URL.",
+                lazy_gettext(insecure["label"]), default=False, description=insecure["description"]
             ),
         }
 
@@ -206,6 +214,13 @@ class Care360Hook(BaseHook):
         api_key = (conn.password or "").strip()
         if not api_key:
             raise Care360ConnectionConfigError(f"{where} has no API key: set its password to the API key.")
+        # An HTTP header value must be printable Latin-1 on one line; http.client would otherwise
+        # raise an error that quotes the header, key and all.
+        if not api_key.isprintable() or not all(ord(ch) < 256 for ch in api_key):
+            raise Care360ConnectionConfigError(
+                f"{where}: the API key contains a line break, a control character or a character "
+                "outside Latin-1, which an HTTP header cannot carry; paste the key again as one line."
+            )
 
         host = (conn.host or "").strip()
         if host:
@@ -395,8 +410,14 @@ class Care360Hook(BaseHook):
         """POST an already validated body (from ``build_booking_payload``) and parse the answer."""
         status, headers, body = self._request("POST", APPOINTMENTS_PATH, json=payload)
         self.log.debug("Care360 answered %s to the booking request", status)
+        personal = [str(payload[k]) for k in ("email", "firstName", "lastName") if payload.get(k)]
         return parse_response(
-            status, headers, body, conn_id=self.care360_conn_id, secret=self.settings.api_key
+            status,
+            headers,
+            body,
+            conn_id=self.care360_conn_id,
+            secret=self.settings.api_key,
+            personal=personal,
         )
 
     def find_appointments(
@@ -460,6 +481,8 @@ class Care360Hook(BaseHook):
             status, _, body = self._request("GET", AVAILABILITY_PATH)
         except Care360Error as exc:
             return False, str(exc)
+        except Exception as exc:  # never let an unexpected error (and what it quotes) reach the UI
+            return False, f"Testing connection {self.care360_conn_id!r} failed ({type(exc).__name__})."
         base = self.settings.base_url
         if status == 401:
             return False, (

@@ -393,3 +393,18 @@ def test_a_lookup_timeout_is_a_retryable_lookup_error(
             hook.find_appointments(user_email="invitee@example.com")
         assert caught.value.outcome.value == "not_sent"
         assert not isinstance(caught.value, AirflowFailException)
+
+
+@pytest.mark.parametrize(
+    "key", ["first-line\nSECRET-part", "SECRET\u2603snow", "SECRET\x00nul", "tab\tSECRET"]
+)
+def test_a_key_no_header_can_carry_is_refused_without_quoting_it(
+    simulator: Any, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    set_conn(monkeypatch, password=key, host=simulator.url)
+    ok, message = Care360Hook().test_connection()
+    assert ok is False and "SECRET" not in message and "API key" in message
+    with pytest.raises(Care360ConnectionConfigError) as caught:
+        book(Care360Hook(), next_slot(days=2))
+    assert "SECRET" not in str(caught.value) + repr(caught.value)
+    assert simulator.requests == []
