@@ -175,7 +175,7 @@ def parse_response(
     snippet = safe_snippet(body, secret, personal)
     said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {snippet!r}"
     details: dict[str, Any] = {
-        "status_code": status,
+        "http_status": status,
         "api_message": api_message,
         "api_error": api_error,
         "response": fields if isinstance(data, dict) else None,
@@ -214,16 +214,15 @@ def parse_response(
         wait = retry_after_seconds(headers, now)
         hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
         raise Care360RateLimitError(
-            f"Care360 rate limit exceeded (429): nothing was booked. {hint} Airflow will retry the task.",
+            f"Care360 rate limit exceeded (429): nothing was booked. {hint}",
             retry_after=wait,
             **details,
         )
-    if status in (408, 503):
-        wait = retry_after_seconds(headers, now)
+    if status == 408:  # the server timed out waiting for the request: it never had it whole
         raise Care360NotSentError(
-            f"Care360 did not take the request ({status}; {said}): nothing was booked. "
+            f"Care360 did not receive the whole request ({status}; {said}): nothing was booked. "
             "Airflow will retry the task.",
-            retry_after=wait,
+            retry_after=retry_after_seconds(headers, now),
             **details,
         )
     if 400 <= status < 500:
@@ -284,7 +283,7 @@ def parse_lookup_response(
     api_error = _field(fields, "error", secret)
     said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {safe_snippet(body, secret)!r}"
     details: dict[str, Any] = {
-        "status_code": status,
+        "http_status": status,
         "api_message": api_message,
         "api_error": api_error,
         "response": fields if isinstance(data, dict) else None,
@@ -313,8 +312,7 @@ def parse_lookup_response(
         wait = retry_after_seconds(headers, now)
         hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
         raise Care360RateLimitError(
-            f"Care360 rate limit exceeded on the appointment lookup (429): nothing was booked. {hint} "
-            "Airflow will retry the task.",
+            f"Care360 rate limit exceeded on the appointment lookup (429): nothing was booked. {hint}",
             retry_after=wait,
             **details,
         )

@@ -2,7 +2,10 @@
 Typed errors raised by the Care360 provider.
 
 Every error is a :class:`Care360Error`. Each class stands for one outcome of a booking attempt,
-and its place in the hierarchy decides what Airflow does with the task:
+and one rule decides what Airflow does with the task: an error whose ``retryable`` is ``False`` is
+an ``AirflowFailException`` (the task fails at once, whatever ``retries`` says); the others are
+retried with the task's retries. ``Care360RetryPolicy`` applies the same rule to a Care360 error
+that user code wrapped in another exception.
 
 ========================================  ==========  =======================================
 class                                     outcome     task
@@ -64,22 +67,24 @@ class Care360Error(AirflowException):
     Base class of every error raised by this provider.
 
     :param message: the text a person reads in the task log.
-    :param status_code: the HTTP status of the response, if there was one.
+    :param http_status: the HTTP status of the response, if there was one. (Not ``status_code``:
+        that is ``AirflowException``'s, the status Airflow's API server would answer with.)
     :param api_message: the API's ``message`` field, if the body had one.
     :param api_error: the API's ``error`` field, if the body had one.
     :param retry_after: seconds the API asked the client to wait, if it said.
     :param response: the API's JSON answer (an object), if one was received, with the API key
-        removed wherever the server echoed it.
+        removed and the invitee's personal data masked wherever the server echoed them.
     """
 
     outcome: ClassVar[Outcome]
-    booking_may_exist: ClassVar[bool] = False
+    #: Whether a later try may succeed and is safe: ``False`` makes the task fail at once.
+    retryable: ClassVar[bool] = True
 
     def __init__(
         self,
         message: str,
         *,
-        status_code: int | None = None,
+        http_status: int | None = None,
         api_message: str | None = None,
         api_error: str | None = None,
         retry_after: float | None = None,
@@ -87,9 +92,7 @@ class Care360Error(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        # The Care360 response's status; it replaces AirflowException's class-level HTTPStatus,
-        # which only matters to exceptions raised inside Airflow's own API server.
-        self.status_code = status_code  # type: ignore[assignment]
+        self.http_status = http_status
         self.api_message = api_message
         self.api_error = api_error
         self.retry_after = retry_after
@@ -99,24 +102,37 @@ class Care360Error(AirflowException):
         return self.message
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, status_code={self.status_code!r})"
+        return f"{type(self).__name__}({self.message!r}, http_status={self.http_status!r})"
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "http_status": self.http_status,
+            "api_message": self.api_message,
+            "api_error": self.api_error,
+            "retry_after": self.retry_after,
+            "response": self.response,
+        }
+
+    def serialize(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """For Airflow's ``BaseSerialization``: the class and the keyword arguments that rebuild it."""
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__name__}", (), self._fields()
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # Keep keyword-only fields when the error crosses a process boundary (pickle).
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+        return (_rebuild, (type(self), self.serialize()[2]))
 
 
-def _rebuild(cls: type[Care360Error], message: str, state: dict[str, object]) -> Care360Error:
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    err.__dict__.update(state)
-    return err
+def _rebuild(cls: type[Care360Error], kwargs: dict[str, Any]) -> Care360Error:
+    return cls(**kwargs)
 
 
 class Care360RejectedError(AirflowFailException, Care360Error):
     """The request was refused and retrying it cannot help; nothing was booked."""
 
     outcome = Outcome.REJECTED
+    retryable = False
 
 
 class Care360ValidationError(Care360RejectedError):
@@ -127,13 +143,16 @@ class Care360ValidationError(Care360RejectedError):
         personal data) and what is allowed.
     """
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], **_: Any) -> None:
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
             f"Care360 booking not sent: {len(self.problems)} invalid field(s). Nothing was booked; "
             f"fix the input and run the task again.\n{lines}"
         )
+
+    def _fields(self) -> dict[str, Any]:
+        return {"problems": self.problems}
 
 
 class Care360ConnectionConfigError(Care360RejectedError):
@@ -155,7 +174,7 @@ class Care360RateLimitError(Care360Error):
 
 
 class Care360NotSentError(Care360Error):
-    """The request never reached Care360 (DNS, refused connection, connect timeout, 503)."""
+    """The request provably never reached Care360 (DNS, refused connection, connect timeout, 408)."""
 
     outcome = Outcome.NOT_SENT
 
@@ -177,24 +196,27 @@ class Care360LookupUnusableError(Care360RejectedError):
     """
 
 
-class Care360AmbiguousRetryableError(Care360Error):
-    """
-    The request may have reached Care360, and the task was told to retry anyway.
-
-    Raised instead of :class:`Care360AmbiguousError` when a retry is safe, because the next try
-    looks the invitee up before it books (``check_existing=True``, the default), or when the
-    operator was created with ``check_existing=False, retry_on_ambiguous=True``, where a retry
-    may book the invitee a second time.
-    """
-
-    outcome = Outcome.AMBIGUOUS
-    booking_may_exist = True
-
-
-class Care360AmbiguousError(AirflowFailException, Care360AmbiguousRetryableError):
+class Care360AmbiguousError(AirflowFailException, Care360Error):
     """
     The request may have reached Care360, so the booking may or may not exist.
 
     The task fails at once rather than risk booking the invitee twice. Check the provider's
-    calendar (or Care360) for the invitee before running the task again.
+    calendar (or Care360) for the invitee before running the task again. (The operator settles
+    this with a lookup unless it was created with ``check_existing=False``.)
     """
+
+    outcome = Outcome.AMBIGUOUS
+    retryable = False
+
+
+class Care360AmbiguousRetryableError(Care360Error):
+    """
+    The request may have reached Care360, and a retry is safe or was asked for.
+
+    Raised instead of :class:`Care360AmbiguousError` when the next try looks the invitee up before
+    it books (``check_existing=True``, the default), or when the operator was created with
+    ``check_existing=False, retry_on_ambiguous=True``, where a retry may book the invitee a second
+    time.
+    """
+
+    outcome = Outcome.AMBIGUOUS

@@ -2,14 +2,21 @@
 The retry policy of Care360 tasks (Airflow >= 3.3).
 
 ``ScheduleAppointmentOperator`` attaches a :class:`Care360RetryPolicy` unless the task is given a
-``retry_policy`` of its own. It decides from the error's outcome:
+``retry_policy`` of its own (in its arguments or the DAG's ``default_args``; ``retry_policy=None``
+switches it off). It decides from the Care360 error behind the failure, even one that user code
+wrapped in another exception:
 
-* rejected: fail now, whatever ``retries`` says (these are ``AirflowFailException`` anyway);
+* not retryable (rejected, or ambiguous with ``check_existing=False``): fail now, whatever
+  ``retries`` says;
 * throttled (429): retry after the wait the API asked for (``Retry-After`` or ``X-RateLimit-Reset``),
-  plus a little jitter so a mapped batch does not come back all at once; without one, an exponential
-  backoff from the task's ``retry_delay`` with jitter, capped at ``max_delay``;
-* anything else (not sent, ambiguous with ``retry_on_ambiguous=True``, errors that are not ours):
-  no opinion, so the task's own ``retries`` and ``retry_delay`` apply.
+  plus a little jitter so a mapped batch does not come back all at once, never past the cap (the
+  smaller of ``max_delay`` and the task's ``max_retry_delay``). A named wait longer than the cap (a
+  daily quota answers with hours) fails the task now, saying how long Care360 asked to wait, rather
+  than spending its retries on answers that cannot change; nothing was booked, so it is safe to run
+  again later. Without a named wait: an exponential backoff from the task's ``retry_delay`` with
+  jitter, capped;
+* anything else (not sent, ambiguous and retryable, errors that are not ours): no opinion, so the
+  task's own ``retries`` and ``retry_delay`` apply.
 
 It only ever has an opinion about Care360 errors, so it composes with other policies::
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
+from airflow_provider_care360.version_compat import AIRFLOW_V_3_3_PLUS
 
 if TYPE_CHECKING:
     from airflow_provider_care360.exceptions import Care360Error
@@ -66,9 +73,9 @@ class Care360RetryPolicy(RetryPolicy):
     """
     Retry policy for Care360 bookings.
 
-    :param max_delay: the longest wait before a retry (default 15 minutes), also for a longer
-        ``Retry-After``.
-    :param jitter: fraction of the wait added at random (``Retry-After``) or taken off at random
+    :param max_delay: the longest wait before a retry (default 1 hour); ``None`` for no cap but the
+        task's own ``max_retry_delay``. A wait the API names beyond it fails the task at once.
+    :param jitter: fraction of the wait added at random (a named wait) or taken off at random
         (backoff), default 0.1.
     :param backoff_base: first backoff step when a 429 names no wait; default: the task's
         ``retry_delay``.
@@ -77,15 +84,20 @@ class Care360RetryPolicy(RetryPolicy):
     def __init__(
         self,
         *,
-        max_delay: timedelta | float = timedelta(minutes=15),
+        max_delay: timedelta | float | None = timedelta(hours=1),
         jitter: float = 0.1,
         backoff_base: timedelta | float | None = None,
     ) -> None:
         if not 0 <= jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
-        self.max_delay = _seconds(max_delay) or 0.0
+        cap, base = _seconds(max_delay), _seconds(backoff_base)
+        if cap is not None and not cap > 0:
+            raise ValueError(f"max_delay must be more than 0 seconds, or None, got {max_delay!r}")
+        if base is not None and not base >= 0:
+            raise ValueError(f"backoff_base must be 0 seconds or more, or None, got {backoff_base!r}")
+        self.max_delay = cap
         self.jitter = jitter
-        self.backoff_base = _seconds(backoff_base)
+        self.backoff_base = base
 
     def __repr__(self) -> str:
         return (
@@ -93,16 +105,25 @@ class Care360RetryPolicy(RetryPolicy):
             f"backoff_base={self.backoff_base!r})"
         )
 
-    def delay_for(self, error: Care360Error, try_number: int, task_retry_delay: float | None) -> float:
-        """Seconds to wait after a 429 on try ``try_number`` (1-based)."""
+    def cap_for(self, task: Any) -> float:
+        """The longest wait for this task: ``max_delay`` or the task's ``max_retry_delay``, the smaller."""
+        caps = [c for c in (self.max_delay, _seconds(getattr(task, "max_retry_delay", None))) if c]
+        return min(caps) if caps else float("inf")
+
+    def delay_for(
+        self, error: Care360Error, try_number: int, task_retry_delay: float | None, cap: float | None = None
+    ) -> float:
+        """Seconds to wait after a 429 on try ``try_number`` (1-based), within ``cap``."""
         import random
 
+        limit = cap if cap is not None else (self.max_delay or float("inf"))
+        floor = min(1.0, limit)
         if error.retry_after is not None:
-            wait = min(self.max_delay, error.retry_after)
-            return max(1.0, wait + random.uniform(0, self.jitter * max(wait, 1.0)))
-        base: float = self.backoff_base or task_retry_delay or _FALLBACK_BASE
-        wait = min(self.max_delay, base * 2.0 ** max(0, try_number - 1))
-        return max(1.0, wait * (1 - random.uniform(0, self.jitter)))
+            wait = error.retry_after
+            return min(limit, max(floor, wait + random.uniform(0, self.jitter * max(wait, 1.0))))
+        base = next(b for b in (self.backoff_base, task_retry_delay, _FALLBACK_BASE) if b is not None)
+        wait = min(limit, base * 2.0 ** min(max(0, try_number - 1), 64))
+        return max(floor, wait * (1 - random.uniform(0, self.jitter)))
 
     def evaluate(
         self,
@@ -116,27 +137,26 @@ class Care360RetryPolicy(RetryPolicy):
         error = find_care360_error(exception)
         if error is None:
             return RetryDecision.default()
-        if error.outcome is Outcome.REJECTED:
-            return RetryDecision.fail(reason=f"Care360 rejected the booking ({type(error).__name__})")
+        if not error.retryable:
+            return RetryDecision.fail(
+                reason=f"Care360: {type(error).__name__} is not retried ({error.outcome})"
+            )
         if error.outcome is Outcome.THROTTLED:
             task = context.get("task") if context else None
-            task_delay = _seconds(getattr(task, "retry_delay", None))
-            wait = self.delay_for(error, try_number, task_delay)
+            cap = self.cap_for(task)
+            if error.retry_after is not None and error.retry_after > cap:
+                return RetryDecision.fail(
+                    reason=(
+                        f"Care360 rate limit (429) asks to wait {error.retry_after:.0f} s, longer than the "
+                        f"longest wait allowed ({cap:.0f} s: max_delay or the task's max_retry_delay): "
+                        "failing now rather than spending retries. Nothing was booked; the task is safe "
+                        "to run again once that time has passed"
+                    )
+                )
+            wait = self.delay_for(error, try_number, _seconds(getattr(task, "retry_delay", None)), cap)
             source = "Retry-After" if error.retry_after is not None else "backoff"
             return RetryDecision.retry(
                 delay=timedelta(seconds=wait),
                 reason=f"Care360 rate limit (429): retrying in {wait:.1f} s ({source})",
             )
         return RetryDecision.default()
-
-    def serialize(self) -> dict[str, Any]:
-        return {
-            "__type": "Care360RetryPolicy",
-            "max_delay": self.max_delay,
-            "jitter": self.jitter,
-            "backoff_base": self.backoff_base,
-        }
-
-    @classmethod
-    def deserialize(cls, data: dict[str, Any]) -> Care360RetryPolicy:
-        return cls(max_delay=data["max_delay"], jitter=data["jitter"], backoff_base=data.get("backoff_base"))

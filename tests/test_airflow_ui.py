@@ -24,7 +24,7 @@ from airflow_provider_care360.simulator import Care360Simulator
 from support import airflow_cli
 
 try:
-    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_0_PLUS
+    from airflow_provider_care360.version_compat import AIRFLOW_V_3_0_PLUS
 except ImportError:  # pragma: no cover
     AIRFLOW_V_3_0_PLUS = False
 

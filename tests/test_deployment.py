@@ -41,7 +41,7 @@ from airflow_provider_care360.simulator import Care360Simulator, Fault
 from support import EXAMPLE_DAGS, ROOT, airflow_cli, iso, next_slot
 
 try:
-    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
+    from airflow_provider_care360.version_compat import AIRFLOW_V_3_3_PLUS
 except ImportError:  # pragma: no cover
     AIRFLOW_V_3_3_PLUS = False
 

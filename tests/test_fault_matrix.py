@@ -376,6 +376,43 @@ def test_a_retry_policy_of_the_users_own_wins(simulator: Care360Simulator) -> No
     assert simulator.bookings == []
 
 
+def _one_invitee(days: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_type_id": "evt-policy",
+            "start_time": iso(next_slot(days=days)),
+            "invitee_email": "mapped@example.com",
+            "timezone": "UTC",
+            "location": "zoom_conference",
+        }
+    ]
+
+
+@pytest.mark.skipif(not RETRY_POLICIES_SUPPORTED, reason="retry_policy arrived in Airflow 3.3")
+def test_a_policy_in_default_args_wins_for_plain_and_mapped_tasks(simulator: Care360Simulator) -> None:
+    simulator.inject(Fault(429, headers={"Retry-After": "1"}), times=2)
+    conf = {"start_time": iso(next_slot(days=2)), "invitees": _one_invitee(days=3)}
+    result = run_dag("care360_t_default_args_policy", conf)
+    for key in (("book", -1), ("book_mapped", 0)):
+        ti = result.tis[key]
+        assert (state_of(ti), ti.try_number) == ("failed", 1), key  # the team's rule: fail on 429
+    assert simulator.bookings == []
+
+
+@pytest.mark.skipif(not RETRY_POLICIES_SUPPORTED, reason="retry_policy arrived in Airflow 3.3")
+def test_retry_policy_none_switches_the_provider_policy_off(simulator: Care360Simulator) -> None:
+    # Retry-After asks for 600 s; with no policy the task's own retry_delay (1 s) applies.
+    simulator.inject(Fault(429, headers={"Retry-After": "600"}), times=2)
+    conf = {"start_time": iso(next_slot(days=2)), "invitees": _one_invitee(days=3)}
+    result = run_dag("care360_t_policy_off", conf)
+    for task_id, index in (("book", -1), ("book_mapped", 0)):
+        ti = result.tis[(task_id, index)]
+        assert (state_of(ti), ti.try_number) == ("success", 2), task_id
+        first = tries(result, task_id, index)[0]
+        assert first.retry_delay_override is None  # Airflow's own retry_delay, no policy's delay
+    assert len(simulator.bookings) == 2
+
+
 def test_the_operator_gets_the_provider_policy_by_default() -> None:
     from support import get_test_dag
 

@@ -80,7 +80,7 @@ def test_connection_form_fields_for_the_ui() -> None:
     legacy = [w for w in caught if "care360" in str(w.message).lower() or "Care360Hook" in str(w.message)]
     assert legacy == []
 
-    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_2_PLUS
+    from airflow_provider_care360.version_compat import AIRFLOW_V_3_2_PLUS
 
     env = widgets["extra__care360__environment"].field
     if AIRFLOW_V_3_2_PLUS:  # declared in get_provider_info(): a JSON-schema dropdown
@@ -112,3 +112,13 @@ def test_the_legacy_form_widgets_match_the_declared_fields() -> None:
     env_default = widgets["environment"].kwargs["default"]
     assert env_default == declared["environment"]["schema"]["default"]
     assert all(value in widgets["environment"].kwargs["description"] for value in ("production", "staging"))
+
+
+def test_an_airflow_older_than_supported_is_refused_at_import() -> None:
+    from airflow_provider_care360.version_compat import MIN_AIRFLOW_VERSION, require_airflow
+
+    require_airflow(MIN_AIRFLOW_VERSION)
+    require_airflow("3.3.2")
+    for old in ("2.10.5", "2.9.0", "1.10.15"):
+        with pytest.raises(RuntimeError, match=r"needs Apache Airflow 2\.11\.0\+"):
+            require_airflow(old)

@@ -84,7 +84,7 @@ def test_an_appointment_id_is_returned_when_the_api_sends_one_and_never_invented
             Care360RateLimitError,
             Outcome.THROTTLED,
         ),
-        (503, b"<html>maintenance</html>", Care360NotSentError, Outcome.NOT_SENT),
+        (503, b"<html>maintenance</html>", Care360AmbiguousError, Outcome.AMBIGUOUS),
         (408, b"", Care360NotSentError, Outcome.NOT_SENT),
         (500, {"message": "boom"}, Care360AmbiguousError, Outcome.AMBIGUOUS),
         (502, b"<html>Bad Gateway</html>", Care360AmbiguousError, Outcome.AMBIGUOUS),
@@ -96,7 +96,7 @@ def test_outcomes(status: int, body: Any, error: type[Care360Error], outcome: Ou
         parse(status, body)
     assert type(info.value) is error
     assert info.value.outcome is outcome
-    assert info.value.status_code == status
+    assert info.value.http_status == status
     assert str(status) in str(info.value)
 
 
@@ -118,7 +118,7 @@ def test_401_names_the_connection_not_the_key() -> None:
 def test_ambiguous_messages_say_the_booking_may_exist() -> None:
     with pytest.raises(Care360AmbiguousError) as info:
         parse(502, b"<html>Bad Gateway</html>")
-    assert "may or may not exist" in str(info.value) and info.value.booking_may_exist
+    assert "may or may not exist" in str(info.value) and info.value.outcome is Outcome.AMBIGUOUS
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_errors_survive_pickling_with_their_fields() -> None:
         parse(429, {"message": "Rate limit exceeded"}, {"Retry-After": "9"})
     copy = pickle.loads(pickle.dumps(info.value))
     assert type(copy) is Care360RateLimitError
-    assert (copy.retry_after, copy.status_code, str(copy)) == (9.0, 429, str(info.value))
+    assert (copy.retry_after, copy.http_status, str(copy)) == (9.0, 429, str(info.value))
 
 
 _headers = st.dictionaries(
@@ -329,3 +329,26 @@ def test_personal_data_echoed_by_a_4xx_is_masked_wherever_it_is_quoted() -> None
         assert pii not in quoted
     assert "j***@example.com" in str(caught.value) and "Z*** Q***" in str(caught.value)
     assert "Invalid slot for A***" in str(caught.value)  # whole words only: "Invalid" is untouched
+
+
+def test_errors_survive_airflows_own_serialization() -> None:
+    from airflow.serialization.serialized_objects import BaseSerialization
+
+    from airflow_provider_care360.exceptions import Care360ValidationError
+
+    problems = ["email: 'j***@example' is not a valid email address", "location: 'skype' is not allowed"]
+    with pytest.raises(Care360RateLimitError) as throttled:
+        parse(429, {"status": 429, "success": False, "message": "Rate limit exceeded"}, {"Retry-After": "9"})
+    for error in (Care360ValidationError(problems), throttled.value):
+        copy = BaseSerialization.deserialize(BaseSerialization.serialize(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    copy = BaseSerialization.deserialize(BaseSerialization.serialize(Care360ValidationError(problems)))
+    assert copy.problems == problems and str(copy).startswith("Care360 booking not sent: 2 invalid field(s)")
+    rebuilt = BaseSerialization.deserialize(BaseSerialization.serialize(throttled.value))
+    assert (rebuilt.http_status, rebuilt.retry_after, rebuilt.response["message"]) == (
+        429,
+        9.0,
+        "Rate limit exceeded",
+    )
+    # AirflowException.status_code (the status Airflow's API server answers with) is left alone.
+    assert "status_code" not in vars(rebuilt) and "status_code" not in vars(throttled.value)

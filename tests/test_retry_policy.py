@@ -24,10 +24,12 @@ needs_policies = pytest.mark.skipif(
 def test_which_errors_airflow_retries_without_any_policy() -> None:
     from airflow.providers.common.compat.sdk import AirflowFailException
 
-    assert issubclass(Care360AuthError, AirflowFailException)
-    assert issubclass(Care360AmbiguousError, AirflowFailException)
+    for failed in (Care360AuthError, Care360AmbiguousError):
+        assert issubclass(failed, AirflowFailException) and not failed.retryable
     for retried in (Care360RateLimitError, Care360NotSentError, Care360AmbiguousRetryableError):
-        assert not issubclass(retried, AirflowFailException)
+        assert not issubclass(retried, AirflowFailException) and retried.retryable
+    # One rule: the fail-at-once ambiguous error is not a kind of the retryable one.
+    assert not issubclass(Care360AmbiguousError, Care360AmbiguousRetryableError)
 
 
 def test_the_error_is_found_behind_a_wrapper() -> None:
@@ -59,9 +61,63 @@ def test_retry_after_is_honoured_with_a_little_jitter() -> None:
 
 
 @needs_policies
-def test_retry_after_is_capped() -> None:
-    decision = _decide(Care360RateLimitError("429", retry_after=86400), max_delay=600, jitter=0)
-    assert decision.retry_delay == timedelta(seconds=600)
+def test_a_named_wait_beyond_the_cap_fails_now_instead_of_burning_retries() -> None:
+    from airflow.providers.common.compat.sdk import RetryAction
+
+    decision = _decide(Care360RateLimitError("429", retry_after=9 * 3600), max_delay=600)
+    assert decision.action is RetryAction.FAIL
+    assert "32400 s" in decision.reason and "safe to run again" in decision.reason
+    # The task's own max_retry_delay caps too, when it is the smaller.
+    context = {
+        "task": SimpleNamespace(retry_delay=timedelta(seconds=1), max_retry_delay=timedelta(seconds=60))
+    }
+    policy = Care360RetryPolicy(max_delay=3600)
+    assert (
+        policy.evaluate(Care360RateLimitError("429", retry_after=120), 1, 5, context).action
+        is RetryAction.FAIL
+    )
+    assert (
+        policy.evaluate(Care360RateLimitError("429", retry_after=30), 1, 5, context).action
+        is RetryAction.RETRY
+    )
+
+
+@needs_policies
+def test_jitter_never_takes_a_wait_past_the_cap() -> None:
+    for _ in range(200):
+        decision = _decide(Care360RateLimitError("429", retry_after=590), max_delay=600, jitter=1.0)
+        assert 590 <= decision.retry_delay.total_seconds() <= 600
+
+
+@needs_policies
+def test_no_cap_means_no_cap_and_a_zero_retry_delay_is_honoured() -> None:
+    long_wait = _decide(Care360RateLimitError("429", retry_after=7200), max_delay=None, jitter=0)
+    assert long_wait.retry_delay == timedelta(seconds=7200)
+    backoff = _decide(Care360RateLimitError("429"), try_number=12, max_delay=None, jitter=0)
+    assert backoff.retry_delay == timedelta(seconds=10 * 2**11)
+    # retry_delay=0: the task's own choice, not a fallback of 30 s (a 1 s floor keeps it off the API).
+    immediate = _decide(Care360RateLimitError("429"), retry_delay=0, jitter=0)
+    assert immediate.retry_delay == timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("bad", [{"max_delay": -5}, {"max_delay": 0}, {"backoff_base": -1}, {"jitter": 2}])
+def test_nonsense_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Care360RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+@needs_policies
+def test_a_non_retryable_error_wrapped_by_user_code_still_fails_at_once() -> None:
+    from airflow.providers.common.compat.sdk import RetryAction
+
+    for inner in (Care360AmbiguousError("502"), Care360AuthError("401")):
+        try:
+            try:
+                raise inner
+            except Exception as exc:
+                raise RuntimeError("my @task wraps it") from exc
+        except RuntimeError as outer:
+            assert _decide(outer).action is RetryAction.FAIL
 
 
 @needs_policies
@@ -70,7 +126,14 @@ def test_backoff_doubles_from_the_task_retry_delay_and_is_capped() -> None:
         _decide(Care360RateLimitError("429"), try_number=n, jitter=0).retry_delay.total_seconds()
         for n in range(1, 9)
     ]
-    assert waits == [10, 20, 40, 80, 160, 320, 640, 900]
+    assert waits == [10, 20, 40, 80, 160, 320, 640, 1280]  # the default cap is 1 hour
+    capped = [
+        _decide(
+            Care360RateLimitError("429"), try_number=n, jitter=0, max_delay=900
+        ).retry_delay.total_seconds()
+        for n in (7, 8)
+    ]
+    assert capped == [640, 900]
     jittered = _decide(Care360RateLimitError("429"), try_number=3).retry_delay.total_seconds()
     assert 36 <= jittered <= 40
 
@@ -102,12 +165,3 @@ def test_composes_with_another_policy() -> None:
     )
     assert chain.evaluate(KeyError("x"), 1, 3, None).action is RetryAction.FAIL
     assert chain.evaluate(Care360RateLimitError("429", retry_after=2), 1, 3, None).action is RetryAction.RETRY
-
-
-@needs_policies
-def test_serialize_round_trip() -> None:
-    policy = Care360RetryPolicy(max_delay=120, jitter=0.2, backoff_base=5)
-    copy = Care360RetryPolicy.deserialize(policy.serialize())
-    assert (copy.max_delay, copy.jitter, copy.backoff_base) == (120, 0.2, 5)
-    with pytest.raises(ValueError):
-        Care360RetryPolicy(jitter=2)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import BaseHook
 
-from airflow_provider_care360 import __version__
+from airflow_provider_care360 import __version__, version_compat  # noqa: F401 (the version guard)
 from airflow_provider_care360._contract import APPOINTMENTS_PATH, AVAILABILITY_PATH
 from airflow_provider_care360._responses import (
     match_appointment,
@@ -102,6 +102,31 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
+
+
+def _failed_in_tls_handshake(exc: BaseException) -> bool:
+    """
+    Whether the ``ssl`` error behind ``exc`` was raised by the TLS handshake, before any request
+    byte could be sent, rather than while writing the request or reading the answer. Told from where
+    it was raised (``SSLSocket.do_handshake``), not from its reason, which is the same either way for
+    some failures (a record that is not TLS reads as ``WRONG_VERSION_NUMBER`` in both).
+    """
+    import ssl
+
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        err = stack.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError):
+            tb = err.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            return tb is not None and tb.tb_frame.f_code.co_name == "do_handshake"
+        stack.extend([getattr(err, "reason", None), err.__cause__, err.__context__, *err.args])
+    return False
 
 
 def _user_agent() -> str:
@@ -351,8 +376,12 @@ class Care360Hook(BaseHook):
         reason = exc.args[0] if exc.args else None
         reason = getattr(reason, "reason", reason)
         what = type(reason if isinstance(reason, Exception) else exc).__name__
-        if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)) or isinstance(
-            reason, (NewConnectionError, ConnectTimeoutError)
+        # Only a failure that provably happened before the request left is "not sent": no
+        # connection, a connect timeout, or a TLS error raised by the handshake itself.
+        if (
+            isinstance(exc, requests.exceptions.ConnectTimeout)
+            or isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+            or (isinstance(exc, requests.exceptions.SSLError) and _failed_in_tls_handshake(exc))
         ):
             return Care360NotSentError(
                 f"Could not reach Care360 at {base_url} ({what}): the request was not sent, nothing "

@@ -12,6 +12,11 @@ from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
 
+#: The policy a task gets when neither it nor its DAG's ``default_args`` names one (Airflow >= 3.3).
+#: Declared as the ``retry_policy`` default of ``__init__``, so Airflow applies ``default_args`` and
+#: ``partial()`` to it as to any argument.
+DEFAULT_RETRY_POLICY: Any = Care360RetryPolicy() if RETRY_POLICIES_SUPPORTED else None
+
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
@@ -71,7 +76,7 @@ class ScheduleAppointmentOperator(BaseOperator):
         and this has no effect.
     :param retry_policy: on Airflow >= 3.3, defaults to
         :class:`~airflow_provider_care360.retry.Care360RetryPolicy` (a 429 waits what the API asked);
-        a policy passed here or in ``default_args`` replaces it.
+        a policy passed here or in ``default_args`` replaces it, and ``None`` switches it off.
     :return: the outcome record (pushed to XCom as ``return_value``).
     """
 
@@ -86,6 +91,7 @@ class ScheduleAppointmentOperator(BaseOperator):
         "tracking",
         "care360_conn_id",
     )
+    template_fields_renderers = {"tracking": "json"}
     ui_color = "#e3f2fd"
 
     def __init__(
@@ -104,10 +110,11 @@ class ScheduleAppointmentOperator(BaseOperator):
         check_existing: bool = True,
         settle_delay: timedelta | float = timedelta(seconds=5),
         retry_on_ambiguous: bool = False,
+        retry_policy: Any = DEFAULT_RETRY_POLICY,
         **kwargs: Any,
     ) -> None:
-        if RETRY_POLICIES_SUPPORTED and kwargs.get("retry_policy") is None:
-            kwargs["retry_policy"] = Care360RetryPolicy()
+        if RETRY_POLICIES_SUPPORTED or retry_policy is not None:
+            kwargs["retry_policy"] = retry_policy  # before 3.3 Airflow refuses it, as for any operator
         super().__init__(**kwargs)
         self.event_type_id = event_type_id
         self.start_time = start_time
@@ -133,16 +140,6 @@ class ScheduleAppointmentOperator(BaseOperator):
             )
         self.retry_on_ambiguous = retry_on_ambiguous
 
-    def render_template(
-        self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
-    ) -> Any:
-        # A string with no Jinja markers renders to itself: skip compiling it (mapped batches
-        # pass literal values for every field). It also keeps "123" a string under
-        # render_template_as_native_obj, where Jinja would turn it into an int.
-        if isinstance(content, str) and not any(mark in content for mark in ("{{", "{%", "{#")):
-            return content
-        return super().render_template(content, context, jinja_env, seen_oids)
-
     @cached_property
     def hook(self) -> Care360Hook:
         from airflow_provider_care360.hooks.care360 import Care360Hook
@@ -167,7 +164,7 @@ class ScheduleAppointmentOperator(BaseOperator):
             self._book(context, record)
         except Care360Error as exc:
             record["outcome"] = record["outcome"] or exc.outcome.value
-            record["http_status"] = record["http_status"] or exc.status_code
+            record["http_status"] = record["http_status"] or exc.http_status
             record["message"] = record["message"] or exc.message
             record["response"] = record["response"] or exc.response
             self._push_outcome(ti, OUTCOME_KEY, record)
@@ -260,7 +257,7 @@ class ScheduleAppointmentOperator(BaseOperator):
                 raise Care360AmbiguousRetryableError(
                     f"{exc.message.split('. ')[0]}. The booking may or may not exist; "
                     "retry_on_ambiguous=True: Airflow will retry, which may book the invitee twice.",
-                    status_code=exc.status_code,
+                    http_status=exc.http_status,
                     api_message=exc.api_message,
                     api_error=exc.api_error,
                     response=exc.response,
@@ -349,7 +346,7 @@ class ScheduleAppointmentOperator(BaseOperator):
             self.settle_delay,
         )
         time.sleep(self.settle_delay)
-        details: dict[str, Any] = {"status_code": error.status_code, "response": error.response}
+        details: dict[str, Any] = {"http_status": error.http_status, "response": error.response}
         try:
             found = self.hook.find_appointment_at(email=payload["email"], start_time=payload["startTime"])
         except Care360Error as lookup_error:
@@ -367,7 +364,7 @@ class ScheduleAppointmentOperator(BaseOperator):
             self.log.info("%s. The lookup shows the appointment exists: booked once.", unclear)
             record.update(
                 outcome=Outcome.BOOKED.value,
-                http_status=error.status_code,
+                http_status=error.http_status,
                 response=error.response,
                 appointment=found,
                 message=f"{unclear}. The lookup shows the appointment exists: booked once.",

@@ -195,6 +195,46 @@ else:
             )
         )
 
+# 8b. retry_policy from default_args, and retry_policy=None, for plain and mapped tasks (3.3 only).
+try:
+    from airflow.providers.common.compat.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+except ImportError:  # Airflow < 3.3
+    pass
+else:
+    FAIL_ON_429 = ExceptionRetryPolicy(
+        rules=[
+            RetryRule(
+                exception="airflow_provider_care360.exceptions.Care360RateLimitError",
+                action=RetryAction.FAIL,
+                reason="this team fails on throttling",
+            )
+        ]
+    )
+    with DAG(
+        "care360_t_default_args_policy",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        params=BOOKING_PARAMS,
+        default_args={**FAST_RETRIES, "retry_policy": FAIL_ON_429},
+    ):
+        _params_operator()
+        ScheduleAppointmentOperator.partial(task_id="book_mapped", settle_delay=0.2).expand_kwargs(
+            list_invitees()
+        )
+    with DAG(
+        "care360_t_policy_off",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        params=BOOKING_PARAMS,
+        default_args=FAST_RETRIES,
+    ):
+        _params_operator(retry_policy=None)
+        ScheduleAppointmentOperator.partial(
+            task_id="book_mapped", retry_policy=None, settle_delay=0.2
+        ).expand_kwargs(list_invitees())
+
 # 9. A large mapped batch with room for the retries a rate limit forces: on Airflow < 3.3 each
 # retry waits the 1 s retry_delay, so a task may meet a 429 once a second for the whole batch.
 with DAG("care360_t_big_batch", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):

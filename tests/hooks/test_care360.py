@@ -117,7 +117,7 @@ def test_status_errors_are_typed(simulator: Any, monkeypatch: pytest.MonkeyPatch
     simulator.inject(Fault(status=429, headers={"Retry-After": "7"}))
     with pytest.raises(Care360RateLimitError) as throttled:
         book(hook, next_slot())
-    assert throttled.value.retry_after == 7 and throttled.value.status_code == 429
+    assert throttled.value.retry_after == 7 and throttled.value.http_status == 429
 
     book(hook, next_slot())
     with pytest.raises(Care360BadRequestError) as taken:
@@ -407,4 +407,109 @@ def test_a_key_no_header_can_carry_is_refused_without_quoting_it(
     with pytest.raises(Care360ConnectionConfigError) as caught:
         book(Care360Hook(), next_slot(days=2))
     assert "SECRET" not in str(caught.value) + repr(caught.value)
+    assert simulator.requests == []
+
+
+# -- TLS: not sent only if the handshake failed ---------------------------------------------------
+
+
+class _BrokenTlsServer:
+    """A TLS server on loopback that completes the handshake, reads the request, then writes bytes
+    that are not TLS: the client's TLS error comes while it reads the answer, after sending."""
+
+    def __init__(self, tmp_path: Any) -> None:
+        import datetime as dt
+        import ipaddress
+        import socket
+        import ssl
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256())
+        )
+        self.cert_file = tmp_path / "cert.pem"
+        key_file = tmp_path / "key.pem"
+        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(self.cert_file, key_file)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import os
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += tls.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    body += tls.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + body)
+                os.write(tls.fileno(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # not TLS
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_tls_error_after_sending_is_ambiguous_and_one_in_the_handshake_is_not_sent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, simulator: Any
+) -> None:
+    from airflow_provider_care360.exceptions import Care360AmbiguousError, Care360LookupError
+
+    server = _BrokenTlsServer(tmp_path)
+    try:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert_file))
+        set_conn(monkeypatch, password="k-123", host=f"https://127.0.0.1:{server.port}", extra={"timeout": 5})
+        with pytest.raises(Care360AmbiguousError, match="may or may not exist"):
+            book(Care360Hook(), next_slot(days=2))
+        assert len(server.requests) == 1 and b"POST /api/v1/calendar/appointments" in server.requests[0]
+        with pytest.raises(Care360LookupError):  # a read: never ambiguous, safe to retry
+            Care360Hook().find_appointments(user_email="invitee@example.com")
+    finally:
+        server.close()
+    # https to a plain-HTTP port: the handshake itself fails, so nothing was sent.
+    set_conn(monkeypatch, password="k-123", host=simulator.url.replace("http://", "https://"))
+    with pytest.raises(Care360NotSentError, match="not sent"):
+        book(Care360Hook(), next_slot(days=2))
     assert simulator.requests == []

@@ -382,12 +382,20 @@ def test_email_is_not_a_booking_field_and_invitee_email_is() -> None:
     assert task.invitee_email == "{{ params.email }}"
 
 
-def test_literal_strings_are_not_sent_through_jinja() -> None:
+def test_fields_render_through_airflows_own_machinery() -> None:
+    from jinja2 import TemplateNotFound
+
     task = get_test_dag("care360_t_native").get_task("book")  # render_template_as_native_obj=True
     env = task.get_template_env()
-    assert task.render_template("123", {}, env) == "123"  # Jinja's native mode would give int 123
     assert task.render_template("{{ 6 * 7 }}", {}, env) == 42
-    assert task.render_template({"utmSource": "{{ 'crm' }}", "utmTerm": "plain"}, {}, env) == {
-        "utmSource": "crm",
-        "utmTerm": "plain",
-    }
+    assert task.template_fields_renderers["tracking"] == "json"
+
+    class WithTemplateFiles(ScheduleAppointmentOperator):
+        template_ext = (".j2",)
+
+    subclass = WithTemplateFiles(
+        task_id="t", event_type_id="e", start_time="s", invitee_email="i", timezone="z", location="l"
+    )
+    # A literal string naming a template file is looked up as one, as in any Airflow operator.
+    with pytest.raises(TemplateNotFound):
+        subclass.render_template("event_type.j2", {}, env)
