@@ -93,6 +93,7 @@ def _as_list(records: Any) -> list[Mapping[str, Any]]:
 def summarize_outcomes(
     records: Iterable[Mapping[str, Any] | None] | Mapping[str, Any] | None,
     rows: Sequence[Any] | None = None,
+    rejected: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """
     Count a batch's outcomes and list every row that did not end ``booked`` or ``already_booked``.
@@ -103,9 +104,11 @@ def summarize_outcomes(
 
     :param records: what ``ti.xcom_pull(task_ids=..., key=OUTCOME_KEY)`` returned.
     :param rows: the mapped-over list, to account for rows that left no record.
+    :param rejected: the rows set aside before mapping (``prepare_bookings(...)["rejected"]``).
     :return: ``{"rows": n, "counts": {outcome: n, ...}, "problems": [{...}, ...]}``; each problem has
-        ``map_index``, ``email``, ``event_type_id``, ``start_time``, ``outcome``, ``http_status`` and
-        ``reason``.
+        ``map_index`` (``None`` for a row set aside before mapping), ``row`` (its index in the raw
+        rows, for those), ``email``, ``event_type_id``, ``start_time``, ``outcome``, ``http_status``
+        and ``reason``.
     """
     by_index: dict[int, Mapping[str, Any]] = {}
     unindexed: list[Mapping[str, Any]] = []
@@ -119,7 +122,7 @@ def summarize_outcomes(
     if rows is not None:
         entries = [(i, by_index.pop(i, None), row) for i, row in enumerate(rows)]
     entries += [(i, found, None) for i, found in sorted(by_index.items())]
-    entries += [(None, found, None) for found in unindexed]
+    entries += [(None, found, None) for found in [*unindexed, *_as_list(rejected)]]
 
     counts: Counter[str] = Counter()
     problems: list[dict[str, Any]] = []
@@ -136,6 +139,7 @@ def summarize_outcomes(
         problems.append(
             {
                 "map_index": index,
+                "row": source.get("row") if record else None,
                 "email": source.get("email", source.get("invitee_email")),
                 "event_type_id": source.get("event_type_id"),
                 "start_time": source.get("start_time"),

@@ -1,15 +1,21 @@
 """
 Book a batch of invitees, one mapped task instance per booking, and write every row's outcome back.
 
-``load_invitees`` returns a list of dicts of operator arguments (from a CRM export, a warehouse
-table, a file); ``ScheduleAppointmentOperator.partial(...).expand_kwargs(...)`` books each one as
-its own task instance, so each booking succeeds, fails or retries on its own. Each booking looks
+``load_invitees`` reads rows (from a CRM export, a warehouse table, a file) and
+``prepare_bookings`` turns them into operator arguments, setting aside each row that could not be
+booked (a missing or unknown key, an invalid field) with its reason;
+``ScheduleAppointmentOperator.partial(...).expand_kwargs(...)`` books each good row as its own task
+instance, so each booking succeeds, fails or retries on its own. Each booking looks
 the invitee up first, so running the DAG again with the same rows books nobody twice.
 
 ``write_back`` runs when every booking has finished, whatever its state (``trigger_rule="all_done"``).
-It pulls every row's outcome record (XCom key ``care360_outcome``, across all map indexes) and
-returns a summary: counts per outcome, and one line per row that did not end ``booked`` or
-``already_booked``, with the reason. Swap its last lines for your warehouse or CRM hook.
+It pulls every row's outcome record (XCom key ``care360_outcome``, across all map indexes), adds the
+rows set aside, and returns a summary: counts per outcome, and one line per row that did not end
+``booked`` or ``already_booked``, with the reason. Swap its last lines for your warehouse or CRM hook.
+
+Mapping is capped by Airflow's ``[core] max_map_length`` (1024 by default): a longer list fails
+``load_invitees``'s downstream with ``unmappable_return_value_length``. Raise the setting
+(``AIRFLOW__CORE__MAX_MAP_LENGTH``), or split the batch across runs.
 
 Concurrency: every instance runs in the ``care360`` pool, so at most that pool's slots book at
 once, however many instances the batch has. Create the pool before the first run::
@@ -33,13 +39,24 @@ from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
 from airflow_provider_care360.outcomes import OUTCOME_KEY, summarize_outcomes
+from airflow_provider_care360.rows import REJECTED_KEY, prepare_bookings
 
 EVENT_TYPE_ID = "85f13305-0647-4473-9e63-0a56af405f6f"
+LOCATION = "zoom_conference"
 BATCH_SIZE = 10
 
 
 @task
-def load_invitees(dag_run: Any = None) -> list[dict[str, Any]]:
+def load_invitees(dag_run: Any = None, ti: Any = None) -> list[dict[str, Any]]:
+    """The rows to book, as operator arguments; the rows set aside go to XCom for ``write_back``."""
+    bookings, rejected = prepare_bookings(
+        crm_rows(dag_run), fixed={"event_type_id": EVENT_TYPE_ID, "location": LOCATION}
+    )
+    ti.xcom_push(key=REJECTED_KEY, value=rejected)
+    return bookings
+
+
+def crm_rows(dag_run: Any) -> list[dict[str, Any]]:
     """
     Stand-in for a CRM export: the run's ``invitees`` if it was triggered with some, else ten
     invitees, each in its own slot tomorrow from 14:00 UTC.
@@ -50,7 +67,7 @@ def load_invitees(dag_run: Any = None) -> list[dict[str, Any]]:
     return [
         {
             "start_time": (first_slot + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "invitee_email": f"patient{i:02d}@example.com",
+            "email": f"patient{i:02d}@example.com",
             "first_name": f"Patient{i:02d}",
             "timezone": "Europe/London",
             "tracking": {"utm_campaign": "batch", "salesforce_uuid": f"crm-{i:04d}"},
@@ -72,7 +89,7 @@ with DAG(
     bookings = ScheduleAppointmentOperator.partial(
         task_id="book_appointment",
         event_type_id=EVENT_TYPE_ID,
-        location="zoom_conference",
+        location=LOCATION,
         pool="care360",
         retries=5,
         retry_delay=timedelta(seconds=30),
@@ -82,10 +99,11 @@ with DAG(
     def write_back(rows: list[dict[str, Any]], ti: Any = None) -> dict[str, Any]:
         """Every row's outcome, matched to its row by map index (never by position)."""
         records = ti.xcom_pull(task_ids="book_appointment", key=OUTCOME_KEY)
-        summary = summarize_outcomes(records, rows)
+        rejected = ti.xcom_pull(task_ids="load_invitees", key=REJECTED_KEY)
+        summary = summarize_outcomes(records, rows, rejected or [])
         print(f"{summary['rows']} rows: {summary['counts']}")
         for problem in summary["problems"]:
-            print(f"  row {problem['map_index']}: {problem['outcome']}: {problem['reason']}")
+            print(f"  task {problem['map_index']}: {problem['outcome']}: {problem['reason']}")
         # Here: write summary["problems"] back, e.g. UPDATE referrals SET booking_error = ... per row.
         return summary
 

@@ -7,9 +7,10 @@ Every hour, book the referrals that arrived in that hour.
     FROM referrals
     WHERE created_at >= %(data_interval_start)s AND created_at < %(data_interval_end)s
 
-Swap its body for your warehouse hook (``get_records(sql, parameters=...)``). It returns one dict
-of operator arguments per referral, and ``expand_kwargs`` books each as its own task instance, so
-one bad row fails alone and is retried (or not) alone.
+Swap its body for your warehouse hook (``get_records(sql, parameters=...)``). ``prepare_bookings``
+turns the rows into operator arguments and sets aside each row that could not be booked, with its
+reason; ``expand_kwargs`` books each good row as its own task instance, so one failing booking fails
+alone and is retried (or not) alone. ``report`` accounts for every row of the hour, booked or not.
 
 Connection: ``care360_default`` of type ``Care360``, the API key as its password, and
 ``{"environment": "production"}`` or ``"staging"`` as its extra (see the README).
@@ -23,6 +24,8 @@ from typing import Any
 from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+from airflow_provider_care360.outcomes import OUTCOME_KEY, summarize_outcomes
+from airflow_provider_care360.rows import REJECTED_KEY, prepare_bookings
 
 try:
     from airflow.sdk import CronDataIntervalTimetable
@@ -34,7 +37,7 @@ EVENT_TYPE_ID = "2f0c7a6e-referral-intake"  # your intake event type
 
 @task
 def select_referrals(
-    data_interval_start: datetime | None = None, data_interval_end: datetime | None = None
+    data_interval_start: datetime | None = None, data_interval_end: datetime | None = None, ti: Any = None
 ) -> list[dict[str, Any]]:
     """The referrals created in [data_interval_start, data_interval_end), as booking arguments."""
     assert data_interval_start is not None and data_interval_end is not None  # filled in by Airflow
@@ -48,14 +51,14 @@ def select_referrals(
         }
         for i in range(2)
     ]
-    return [
+    bookings = [
         {
             "event_type_id": EVENT_TYPE_ID,
             # An intake call a day after the referral arrived, on the half-hour slot it fell in.
             "start_time": (row["created_at"] + timedelta(days=1))
             .replace(minute=row["created_at"].minute // 30 * 30, second=0, microsecond=0)
             .strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "invitee_email": row["email"],
+            "email": row["email"],
             "first_name": row["first_name"],
             "timezone": row["timezone"],
             "location": "google_conference",
@@ -64,6 +67,9 @@ def select_referrals(
         for row in rows
         if data_interval_start <= row["created_at"] < data_interval_end
     ]
+    good, rejected = prepare_bookings(bookings)
+    ti.xcom_push(key=REJECTED_KEY, value=rejected)  # accounted for by report
+    return good
 
 
 with DAG(
@@ -83,4 +89,14 @@ with DAG(
         "email_on_retry": False,
     },
 ):
-    ScheduleAppointmentOperator.partial(task_id="book_referral").expand_kwargs(select_referrals())
+    referrals = select_referrals()
+    booked = ScheduleAppointmentOperator.partial(task_id="book_referral").expand_kwargs(referrals)
+
+    @task(trigger_rule="all_done")
+    def report(rows: list[dict[str, Any]], ti: Any = None) -> dict[str, Any]:
+        """Every referral of the hour: booked, already booked, or why not."""
+        records = ti.xcom_pull(task_ids="book_referral", key=OUTCOME_KEY)
+        rejected = ti.xcom_pull(task_ids="select_referrals", key=REJECTED_KEY)
+        return summarize_outcomes(records, rows, rejected or [])
+
+    booked >> report(referrals)

@@ -107,25 +107,39 @@ def test_batch_example_writes_back_every_row_of_a_mixed_batch(simulator: Any) ->
         row(0),  # booked
         row(1),  # already booked elsewhere: found by the lookup, nothing sent
         row(2, start_time=iso(off_slot)),  # Care360 answers 400: not a slot
-        row(3, invitee_email="not-an-email"),  # invalid input: nothing sent
+        row(3, invitee_email="not-an-email"),  # invalid input: set aside before mapping
         row(4),  # booked
+        row(5, email="also@example.com"),  # email and invitee_email: set aside
+        row(6, phone="555-0100"),  # an unknown key: set aside
     ]
     result = run_dag("example_care360_batch", {"invitees": rows}, folder=EXAMPLE_DAGS)
 
-    states = {i: state_of(result.ti("book_appointment", i)) for i in range(5)}
-    assert states == {0: "success", 1: "success", 2: "failed", 3: "failed", 4: "success"}
+    # Only the four good rows became booking tasks.
+    states = {k[1]: state_of(ti) for k, ti in result.tis.items() if k[0] == "book_appointment"}
+    assert states == {0: "success", 1: "success", 2: "failed", 3: "success"}
     assert state_of(result.ti("write_back")) == "success"
     assert sorted(b["email"] for b in simulator.bookings) == ["row0@example.com", "row4@example.com"]
     summary = xcom_value(result, "write_back")
-    assert summary["rows"] == 5
-    assert summary["counts"] == {"booked": 2, "already_booked": 1, "rejected": 2}
-    problems = {p["map_index"]: p for p in summary["problems"]}
-    assert sorted(problems) == [2, 3]
-    assert (problems[2]["email"], problems[2]["http_status"]) == ("row2@example.com", 400)
-    assert "not a correct slot" in problems[2]["reason"]
-    assert (problems[3]["email"], problems[3]["http_status"]) == ("not-an-email", None)
-    assert "email:" in problems[3]["reason"] and "Nothing was booked" in problems[3]["reason"]
-    assert problems[2]["start_time"] == iso(off_slot)
+    assert summary["rows"] == 7
+    assert summary["counts"] == {"booked": 2, "already_booked": 1, "rejected": 4}
+    by_email = {p["email"]: p for p in summary["problems"]}
+    assert sorted(by_email) == ["not-an-email", "row2@example.com", "row5@example.com", "row6@example.com"]
+    assert (by_email["row2@example.com"]["map_index"], by_email["row2@example.com"]["http_status"]) == (
+        2,
+        400,
+    )
+    assert "not a correct slot" in by_email["row2@example.com"]["reason"]
+    assert by_email["row2@example.com"]["start_time"] == iso(off_slot)
+    set_aside = {e: p for e, p in by_email.items() if p["map_index"] is None}
+    assert {e: p["row"] for e, p in set_aside.items()} == {
+        "not-an-email": 3,
+        "row5@example.com": 5,
+        "row6@example.com": 6,
+    }
+    assert "email:" in set_aside["not-an-email"]["reason"]
+    assert "both email and invitee_email" in set_aside["row5@example.com"]["reason"]
+    assert "unknown key(s) phone" in set_aside["row6@example.com"]["reason"]
+    assert all("also@example.com" not in str(r["body"]) for r in simulator.booking_requests)
 
 
 def test_batch_example_run_again_with_the_same_rows_books_nobody_twice(simulator: Any) -> None:

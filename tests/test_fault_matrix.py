@@ -124,6 +124,21 @@ CASES: dict[str, Case] = {
         text="rate limit exceeded (429)",
         person="raise retries",
     ),
+    # 503: a proxy may have forwarded the request, so it is ambiguous and settled by the lookup
+    "503, applied by the upstream": Case(
+        [Fault(503, b"<html>Service Unavailable</html>", content_type=HTML, apply=True)],
+        "success",
+        1,
+        1,
+        "booked",
+        EXISTS,
+    ),
+    "no lookup: 503": Case(
+        [Fault(503, b"")], outcome="ambiguous", text=MAY_EXIST, dag=NO_CHECK, person="check the calendar"
+    ),
+    "408 then booked": Case(
+        [Fault(408, b"")], "success", 2, 1, "booked", "did not receive the whole request"
+    ),
     # not sent: retried with the task's own settings
     "503 then booked": Case(
         [Fault(503, b"<html>Maintenance</html>", content_type=HTML)], "success", 2, 1, "booked"

@@ -1,0 +1,124 @@
+"""
+Turn raw rows (from a warehouse, a CRM export, a file) into the arguments of mapped booking tasks.
+
+A row that ``expand_kwargs`` cannot map (a missing or unknown key, ``email`` where the operator
+takes ``invitee_email``) fails its task with Airflow's ``TypeError`` and is retried for nothing; a
+row with both ``email`` and ``invitee_email`` books, and makes the invitee the task's failure-alert
+recipient. :func:`prepare_bookings` runs in the upstream task instead: it checks each row the way the
+operator will, returns the good rows as keyword arguments, and sets the bad ones aside as outcome
+records with their reasons, so a write-back task accounts for every row::
+
+    @task
+    def load_rows(ti=None) -> list[dict]:
+        rows = warehouse.get_records(...)
+        bookings, rejected = prepare_bookings(rows, fixed={"event_type_id": EVENT_TYPE_ID})
+        ti.xcom_push(key=REJECTED_KEY, value=rejected)  # for the write-back task
+        return bookings
+
+    ScheduleAppointmentOperator.partial(
+        task_id="book", event_type_id=EVENT_TYPE_ID, location="zoom_conference"
+    ).expand_kwargs(load_rows())
+
+(Airflow maps over a task's return value only, not over one key of a ``multiple_outputs`` task.)
+
+Pure functions, no Airflow imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from airflow_provider_care360.outcomes import outcome_record
+
+__all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
+
+#: The XCom key an upstream task pushes its set-aside rows under, by convention.
+REJECTED_KEY = "care360_rejected"
+
+#: The row keys a booking takes (``email`` is read as ``invitee_email``).
+BOOKING_FIELDS: tuple[str, ...] = (
+    "event_type_id",
+    "start_time",
+    "invitee_email",
+    "timezone",
+    "location",
+    "first_name",
+    "last_name",
+    "tracking",
+)
+
+
+def _rejected(index: int, row: Any, reason: str) -> dict[str, Any]:
+    fields = row if isinstance(row, Mapping) else {}
+    record = outcome_record(
+        outcome="rejected",
+        message=f"Row {index} was not booked: {reason}",
+        event_type_id=fields.get("event_type_id"),
+        start_time=fields.get("start_time"),
+        email=fields.get("invitee_email", fields.get("email")),
+    )
+    record["row"] = index
+    return record
+
+
+def prepare_bookings(
+    rows: Iterable[Any], *, fixed: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    Split rows into booking arguments and rejected rows.
+
+    :param rows: mappings with the keys of :data:`BOOKING_FIELDS` (``email`` is accepted for
+        ``invitee_email``, not both).
+    :param fixed: the booking arguments the task sets in ``partial()`` (e.g. ``event_type_id``,
+        ``location``): checked with each row, and not allowed in a row as well (Airflow would refuse
+        the row).
+    :return: ``(bookings, rejected)``: a list of keyword arguments, one per good row, and a list
+        of outcome records, one per row set aside, each with ``outcome: "rejected"``, the reason in
+        ``message`` (personal data masked) and ``row``, the row's index in ``rows``.
+    """
+    from airflow_provider_care360.exceptions import Care360ValidationError
+    from airflow_provider_care360.validation import build_booking_payload
+
+    fixed = dict(fixed or {})
+    unknown_fixed = set(fixed) - set(BOOKING_FIELDS)
+    if unknown_fixed:
+        raise ValueError(f"fixed: {', '.join(sorted(unknown_fixed))} are not booking arguments")
+    bookings: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    allowed = ", ".join((*BOOKING_FIELDS, "email"))
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            rejected.append(_rejected(index, row, f"a {type(row).__name__} is not a row; allowed: a mapping"))
+            continue
+        if "email" in row and "invitee_email" in row:
+            rejected.append(_rejected(index, row, "both email and invitee_email are given; allowed: one"))
+            continue
+        kwargs = {("invitee_email" if key == "email" else key): value for key, value in row.items()}
+        unknown = sorted(str(k) for k in kwargs if k not in BOOKING_FIELDS)
+        twice = sorted(k for k in kwargs if k in fixed)
+        if unknown or twice:
+            reasons = []
+            if unknown:
+                reasons.append(f"unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+            if twice:
+                reasons.append(f"{', '.join(twice)} also set for every row by the task; allowed: one place")
+            rejected.append(_rejected(index, row, "; ".join(reasons)))
+            continue
+        merged = {**fixed, **kwargs}
+        try:
+            build_booking_payload(
+                event_type_id=merged.get("event_type_id"),
+                start_time=merged.get("start_time"),
+                email=merged.get("invitee_email"),
+                timezone=merged.get("timezone"),
+                location=merged.get("location"),
+                first_name=merged.get("first_name"),
+                last_name=merged.get("last_name"),
+                tracking=merged.get("tracking"),
+            )
+        except Care360ValidationError as exc:
+            rejected.append(_rejected(index, row, "; ".join(exc.problems)))
+            continue
+        bookings.append(kwargs)
+    return bookings, rejected
