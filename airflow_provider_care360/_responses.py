@@ -151,6 +151,52 @@ def _field(data: Mapping[str, Any], name: str, secret: str | None) -> str | None
     return safe_snippet(value if isinstance(value, str) else json.dumps(value, default=str), secret)
 
 
+def _read_answer(
+    status: int, body: bytes, secret: str | None, personal: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The scrubbed JSON object of an answer, the error fields it carries, and what it said in words."""
+    data = _decode(body)
+    fields: dict[str, Any] = scrub(data, secret, personal) if isinstance(data, dict) else {}
+    api_message = _field(fields, "message", secret)
+    api_error = _field(fields, "error", secret)
+    said = "; ".join(p for p in (api_message, api_error) if p) or (
+        f"body: {safe_snippet(body, secret, personal)!r}"
+    )
+    details: dict[str, Any] = {
+        "http_status": status,
+        "api_message": api_message,
+        "api_error": api_error,
+        "response": fields if isinstance(data, dict) else None,
+    }
+    return fields, details, said
+
+
+def _raise_for_key_or_rate_limit(
+    status: int,
+    headers: Mapping[str, str],
+    details: dict[str, Any],
+    *,
+    conn_id: str,
+    what: str,
+    now: datetime | None,
+) -> None:
+    """The 401 and 429 answers, which mean the same for every request."""
+    if status == 401:
+        raise Care360AuthError(
+            f"Care360 rejected the API key of connection {conn_id!r} (401 Unauthorized){what}. Nothing "
+            "was booked; check the connection's password (API Key) and environment.",
+            **details,
+        )
+    if status == 429:
+        wait = retry_after_seconds(headers, now)
+        hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
+        raise Care360RateLimitError(
+            f"Care360 rate limit exceeded{what} (429): nothing was booked. {hint}",
+            retry_after=wait,
+            **details,
+        )
+
+
 def parse_response(
     status: int,
     headers: Mapping[str, str],
@@ -168,18 +214,7 @@ def parse_response(
     :param secret: the API key, removed from any text quoted from the body.
     :param personal: the invitee's email and names as sent, masked wherever the body echoes them.
     """
-    data = _decode(body)
-    fields: dict[str, Any] = scrub(data, secret, personal) if isinstance(data, dict) else {}
-    api_message = _field(fields, "message", secret)
-    api_error = _field(fields, "error", secret)
-    snippet = safe_snippet(body, secret, personal)
-    said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {snippet!r}"
-    details: dict[str, Any] = {
-        "http_status": status,
-        "api_message": api_message,
-        "api_error": api_error,
-        "response": fields if isinstance(data, dict) else None,
-    }
+    fields, details, said = _read_answer(status, body, secret, personal)
 
     if 200 <= status < 300:
         success = fields.get("success")
@@ -193,8 +228,8 @@ def parse_response(
             )
         raise Care360AmbiguousError(
             f"Care360 answered {status} with a body that is not the documented JSON "
-            f"(body: {snippet!r}). The booking may or may not exist: check the calendar for this "
-            "invitee before running the task again.",
+            f"(body: {safe_snippet(body, secret, personal)!r}). The booking may or may not exist: "
+            "check the calendar for this invitee before running the task again.",
             **details,
         )
     if 300 <= status < 400:
@@ -204,20 +239,7 @@ def parse_response(
             f"Nothing was booked; point the host of connection {conn_id!r} at the final URL.",
             **details,
         )
-    if status == 401:
-        raise Care360AuthError(
-            f"Care360 rejected the API key of connection {conn_id!r} (401 Unauthorized). Nothing was "
-            "booked; check the connection's password (API Key) and environment.",
-            **details,
-        )
-    if status == 429:
-        wait = retry_after_seconds(headers, now)
-        hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
-        raise Care360RateLimitError(
-            f"Care360 rate limit exceeded (429): nothing was booked. {hint}",
-            retry_after=wait,
-            **details,
-        )
+    _raise_for_key_or_rate_limit(status, headers, details, conn_id=conn_id, what="", now=now)
     if status == 408:  # the server timed out waiting for the request: it never had it whole
         raise Care360NotSentError(
             f"Care360 did not receive the whole request ({status}; {said}): nothing was booked. "
@@ -277,17 +299,7 @@ def parse_lookup_response(
     :param by_email: the query named ``user_email``; only then is a 404 "unknown user" read as
         "this person has no appointments".
     """
-    data = _decode(body)
-    fields: dict[str, Any] = scrub(data, secret) if isinstance(data, dict) else {}
-    api_message = _field(fields, "message", secret)
-    api_error = _field(fields, "error", secret)
-    said = "; ".join(p for p in (api_message, api_error) if p) or f"body: {safe_snippet(body, secret)!r}"
-    details: dict[str, Any] = {
-        "http_status": status,
-        "api_message": api_message,
-        "api_error": api_error,
-        "response": fields if isinstance(data, dict) else None,
-    }
+    fields, details, said = _read_answer(status, body, secret, ())
 
     if status == 200:
         items = fields.get("data")
@@ -301,24 +313,11 @@ def parse_lookup_response(
         raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
     if status == 404 and by_email and _is_unknown_user(fields):
         return []  # the documented answer for an email Care360 does not know: no appointments
-    if status == 401:
-        raise Care360AuthError(
-            f"Care360 rejected the API key of connection {conn_id!r} (401 Unauthorized) on the "
-            "appointment lookup. Nothing was booked; check the connection's password (API Key) "
-            "and environment.",
-            **details,
-        )
-    if status == 429:
-        wait = retry_after_seconds(headers, now)
-        hint = f"Care360 asked to wait {wait:.0f} s." if wait is not None else "No wait was given."
-        raise Care360RateLimitError(
-            f"Care360 rate limit exceeded on the appointment lookup (429): nothing was booked. {hint}",
-            retry_after=wait,
-            **details,
-        )
+    what = " on the appointment lookup"
+    _raise_for_key_or_rate_limit(status, headers, details, conn_id=conn_id, what=what, now=now)
     if status in (403, 404, 405, 410) or 300 <= status < 400:
-        what = {403: "forbidden", 404: "no such endpoint", 405: "method not allowed", 410: "gone"}
-        why = f"Care360 answered {status} ({what.get(status, 'a redirect')}; {said})"
+        meaning = {403: "forbidden", 404: "no such endpoint", 405: "method not allowed", 410: "gone"}
+        why = f"Care360 answered {status} ({meaning.get(status, 'a redirect')}; {said})"
         raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
     if 400 <= status < 500:
         raise Care360LookupUnusableError(

@@ -36,7 +36,8 @@ __all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
 #: The XCom key an upstream task pushes its set-aside rows under, by convention.
 REJECTED_KEY = "care360_rejected"
 
-#: The row keys a booking takes (``email`` is read as ``invitee_email``).
+#: The row keys a booking takes (``email`` is read as ``invitee_email``); the operator's template
+#: fields are these and ``care360_conn_id``.
 BOOKING_FIELDS: tuple[str, ...] = (
     "event_type_id",
     "start_time",

@@ -5,7 +5,9 @@ Validation of booking fields, before any request is sent.
 :class:`~airflow_provider_care360.exceptions.Care360ValidationError`, and otherwise returns the
 JSON body of the Schedule Appointment request, with the API's camelCase field names.
 
-It can also be called from an upstream task to weed out bad rows before a mapped booking task.
+To weed out bad rows before a mapped booking task, use
+:func:`airflow_provider_care360.rows.prepare_bookings` in the upstream task: it takes the rows as
+they come (``email`` or ``invitee_email``) and keeps each bad row's reason.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
+from airflow_provider_care360.rows import BOOKING_FIELDS
 
 #: The policy a task gets when neither it nor its DAG's ``default_args`` names one (Airflow >= 3.3).
 #: Declared as the ``retry_policy`` default of ``__init__``, so Airflow applies ``default_args`` and
@@ -80,17 +81,7 @@ class ScheduleAppointmentOperator(BaseOperator):
     :return: the outcome record (pushed to XCom as ``return_value``).
     """
 
-    template_fields: Sequence[str] = (
-        "event_type_id",
-        "start_time",
-        "invitee_email",
-        "timezone",
-        "location",
-        "first_name",
-        "last_name",
-        "tracking",
-        "care360_conn_id",
-    )
+    template_fields: Sequence[str] = (*BOOKING_FIELDS, "care360_conn_id")
     template_fields_renderers = {"tracking": "json"}
     ui_color = "#e3f2fd"
 
