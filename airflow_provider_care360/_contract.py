@@ -23,3 +23,16 @@ TRACKING_KEYS: dict[str, str] = {
 
 APPOINTMENTS_PATH = "/api/v1/calendar/appointments"
 AVAILABILITY_PATH = "/api/v1/calendar/provider-availability"
+
+#: The booking arguments of ScheduleAppointmentOperator (and the keys of a mapped row); the
+#: operator's template fields are these and ``care360_conn_id``.
+BOOKING_FIELDS: tuple[str, ...] = (
+    "event_type_id",
+    "start_time",
+    "invitee_email",
+    "timezone",
+    "location",
+    "first_name",
+    "last_name",
+    "tracking",
+)

@@ -7,6 +7,7 @@ easy to test exhaustively.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -84,7 +85,8 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
     return wait
 
 
-def _secret_forms(secret: str) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _secret_forms(secret: str) -> tuple[str, ...]:
     r"""The key as a server may echo it: verbatim, JSON-escaped (ASCII or not, ``\/``), URL-encoded."""
     from urllib.parse import quote, quote_plus
 
@@ -96,7 +98,7 @@ def _secret_forms(secret: str) -> list[str]:
         quote(secret, safe=""),
         quote_plus(secret),
     }
-    return sorted((f for f in forms if f), key=len, reverse=True)
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 
 def redact(text: str, secret: str | None, personal: Sequence[str] = ()) -> str:
@@ -107,7 +109,10 @@ def redact(text: str, secret: str | None, personal: Sequence[str] = ()) -> str:
     if secret:
         for form in _secret_forms(secret):
             text = text.replace(form, "***")
+    folded = text.casefold() if personal else ""
     for value in personal:
+        if value.casefold() not in folded:
+            continue
         if "@" in value:
             text = re.sub(re.escape(value), mask_email(value), text, flags=re.IGNORECASE)
         elif len(value) > 1:  # a name: whole words only, so "Al" leaves "Invalid" alone

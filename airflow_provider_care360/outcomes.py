@@ -104,7 +104,7 @@ def summarize_outcomes(
 
     :param records: what ``ti.xcom_pull(task_ids=..., key=OUTCOME_KEY)`` returned.
     :param rows: the mapped-over list, to account for rows that left no record.
-    :param rejected: the rows set aside before mapping (``prepare_bookings(...)["rejected"]``).
+    :param rejected: the rows set aside before mapping (the second item ``prepare_bookings(...)`` returns).
     :return: ``{"rows": n, "counts": {outcome: n, ...}, "problems": [{...}, ...]}``; each problem has
         ``map_index`` (``None`` for a row set aside before mapping), ``row`` (its index in the raw
         rows, for those), ``email``, ``event_type_id``, ``start_time``, ``outcome``, ``http_status``

@@ -29,25 +29,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from airflow_provider_care360._contract import BOOKING_FIELDS
 from airflow_provider_care360.outcomes import outcome_record
 
 __all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
 
 #: The XCom key an upstream task pushes its set-aside rows under, by convention.
 REJECTED_KEY = "care360_rejected"
-
-#: The row keys a booking takes (``email`` is read as ``invitee_email``); the operator's template
-#: fields are these and ``care360_conn_id``.
-BOOKING_FIELDS: tuple[str, ...] = (
-    "event_type_id",
-    "start_time",
-    "invitee_email",
-    "timezone",
-    "location",
-    "first_name",
-    "last_name",
-    "tracking",
-)
 
 
 def _rejected(index: int, row: Any, reason: str) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
+from airflow_provider_care360._contract import BOOKING_FIELDS
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
-from airflow_provider_care360.rows import BOOKING_FIELDS
 
 #: The policy a task gets when neither it nor its DAG's ``default_args`` names one (Airflow >= 3.3).
 #: Declared as the ``retry_policy`` default of ``__init__``, so Airflow applies ``default_args`` and
@@ -217,8 +217,6 @@ class ScheduleAppointmentOperator(BaseOperator):
                 self._wait_for_earlier_try(prior)
             existing = self.hook.find_appointment_at(email=payload["email"], start_time=payload["startTime"])
             if existing is not None:
-                if journal and prior and prior["state"] == "sending":
-                    journal.done(Outcome.BOOKED.value)
                 self.log.info("Care360 already has %s: nothing was sent", what)
                 record.update(
                     outcome=Outcome.ALREADY_BOOKED.value,
@@ -254,7 +252,10 @@ class ScheduleAppointmentOperator(BaseOperator):
                     response=exc.response,
                 ) from None
             raise
-        if journal:
+        if journal and not self.check_existing:
+            # Only check_existing=False replays a recorded booking. With the lookup, a success needs
+            # no entry: no later try follows it short of a clear, which empties the store, and a later
+            # try would look first anyway (one call to the store saved per booking).
             journal.done(Outcome.BOOKED.value)
         self.log.info("Booked Care360 %s", what)
         record.update(
@@ -350,8 +351,6 @@ class ScheduleAppointmentOperator(BaseOperator):
                 **details,
             ) from None
         if found is not None:
-            if journal:
-                journal.done(Outcome.BOOKED.value)
             self.log.info("%s. The lookup shows the appointment exists: booked once.", unclear)
             record.update(
                 outcome=Outcome.BOOKED.value,

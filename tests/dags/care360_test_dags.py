@@ -30,17 +30,17 @@ BOOKING_PARAMS: dict[str, Any] = {
 
 
 def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
-    return ScheduleAppointmentOperator(
-        task_id="book",
-        event_type_id="{{ params.event_type_id }}",
-        start_time="{{ params.start_time }}",
-        invitee_email="{{ params.email }}",
-        timezone="{{ params.timezone }}",
-        location="{{ params.location }}",
-        first_name="{{ params.first_name }}",
-        care360_conn_id="{{ params.conn_id }}",
-        **{"settle_delay": 0.2, **extra},
-    )
+    fields: dict[str, Any] = {
+        "event_type_id": "{{ params.event_type_id }}",
+        "start_time": "{{ params.start_time }}",
+        "invitee_email": "{{ params.email }}",
+        "timezone": "{{ params.timezone }}",
+        "location": "{{ params.location }}",
+        "first_name": "{{ params.first_name }}",
+        "care360_conn_id": "{{ params.conn_id }}",
+        "settle_delay": 0.2,
+    }
+    return ScheduleAppointmentOperator(task_id="book", **{**fields, **extra})
 
 
 # 1. Every field templated from params.
@@ -157,6 +157,30 @@ with DAG(
     default_args=FAST_RETRIES,
 ):
     _params_operator(check_existing=False)
+
+
+# 7c'. No lookup, and a try that books and then fails before Airflow records its success (as a
+# worker killed right after Care360's answer): the next try must replay the booking, not send it.
+# ``start_time_retry`` gives the later tries other fields, as a template reading the clock would.
+def _fail_the_first_try(context: Any, result: Any = None) -> None:
+    if context["ti"].try_number == 1:
+        raise RuntimeError("the worker was lost after Care360 answered")
+
+
+with DAG(
+    "care360_t_no_check_lost_success",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={**BOOKING_PARAMS, "start_time_retry": ""},
+    default_args=FAST_RETRIES,
+):
+    _params_operator(
+        check_existing=False,
+        start_time="{{ params.start_time_retry if ti.try_number > 1 and params.start_time_retry "
+        "else params.start_time }}",
+        post_execute=_fail_the_first_try,
+    )
 
 # 7c. Airflow's default: no retries at all.
 with DAG(

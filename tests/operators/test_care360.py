@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
 from airflow_provider_care360.simulator import Fault
 from support import (
     all_xcom_and_rendered_text,
@@ -239,6 +240,41 @@ def test_429_from_the_real_rate_limiter_in_a_batch(simulator: Any) -> None:
     assert len(simulator.bookings) == 3
     assert len({b["email"] for b in simulator.bookings}) == 3
     assert 429 in [r["status"] for r in simulator.booking_requests]
+
+
+# -- check_existing=False: the journal alone keeps a booking single -----------------------------
+
+requires_task_state_store = pytest.mark.skipif(
+    not RETRY_POLICIES_SUPPORTED, reason="the booking journal needs task_state_store (Airflow >= 3.3)"
+)
+
+
+@requires_task_state_store
+def test_no_lookup_a_try_lost_after_the_answer_is_replayed_not_sent_again(simulator: Any, capfd: Any) -> None:
+    result = run_dag("care360_t_no_check_lost_success", booking_conf(next_slot(days=2)))
+
+    ti = result.ti("book")
+    assert (state_of(ti), ti.try_number) == ("success", 2)
+    assert [(r["method"], r["status"]) for r in simulator.requests] == [("POST", 200)]
+    assert len(simulator.bookings) == 1
+    record = xcom_value(result, "book")
+    assert record["outcome"] == "booked"
+    assert record["message"] == "Booked by try 1 of this task; nothing was sent again."
+    assert "Try 1 of this task booked this appointment: nothing was sent" in "".join(capfd.readouterr())
+
+
+@requires_task_state_store
+def test_no_lookup_a_later_try_with_other_fields_fails_at_once_and_sends_nothing(simulator: Any) -> None:
+    first, other = next_slot(days=2), next_slot(days=2, offset_slots=1)
+    result = run_dag("care360_t_no_check_lost_success", booking_conf(first, start_time_retry=iso(other)))
+
+    ti = result.ti("book")
+    assert (state_of(ti), ti.try_number) == ("failed", 2)
+    assert [b["startTime"] for b in simulator.bookings] == [iso(first)]
+    assert [r["method"] for r in simulator.requests] == ["POST"]
+    record = xcom_value(result, "book", key="care360_outcome")
+    assert record["outcome"] == "rejected"
+    assert "already booked an appointment with other booking fields" in record["message"]
 
 
 # -- secrets and PII ----------------------------------------------------------------------------
