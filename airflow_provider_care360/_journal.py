@@ -51,6 +51,10 @@ class BookingJournal:
 
     def prior(self) -> dict[str, Any] | None:
         """What an earlier try of this task instance recorded, if anything."""
+        if self._try == 1:
+            # No earlier try (clearing a task empties its store and does not reset the try number):
+            # a call to the store saved for each booking's first try.
+            return None
         entry = self._store.get(KEY)
         return entry if isinstance(entry, dict) and entry.get("state") in ("sending", "done") else None
 
