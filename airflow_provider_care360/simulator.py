@@ -190,7 +190,10 @@ class Care360Simulator:
         server.daemon_threads = True
         self._server = server
         self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="care360-simulator", daemon=True)
+        # A short poll interval: stop() waits for the serving loop to notice, up to one interval.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="care360-simulator", daemon=True
+        )
         self._thread.start()
         return self
 

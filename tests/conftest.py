@@ -1,5 +1,9 @@
 """
-Test set-up: a throwaway AIRFLOW_HOME with a migrated SQLite DB, and a simulator per test.
+Test set-up: a throwaway AIRFLOW_HOME, its SQLite DB migrated only when an integration test runs,
+and a simulator per test.
+
+Tests marked ``integration`` run DAGs, subprocesses or servers against a real Airflow; every other
+test is marked ``unit`` and must need none of that (``make test-unit`` runs them with no metadata DB).
 
 The environment is set here, at import, because Airflow reads its configuration when it is first
 imported.
@@ -33,12 +37,31 @@ os.environ.update(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test not marked ``integration`` is a ``unit`` test: ``make test-unit`` runs those."""
+    for item in items:
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def airflow_db() -> Any:
-    """Migrate the throwaway metadata DB once per session; delete the home afterwards."""
-    subprocess.run([airflow_cli(), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+def _airflow_home() -> Any:
+    """Delete the throwaway home when the session ends."""
     yield AIRFLOW_HOME
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Migrate the throwaway metadata DB, once per session, the first time a test needs it."""
+    subprocess.run([airflow_cli(), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return AIRFLOW_HOME
+
+
+@pytest.fixture(autouse=True)
+def _metadata_db_for_integration_tests(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("integration") is not None:
+        request.getfixturevalue("airflow_db")
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ import pytest
 from airflow_provider_care360.simulator import Care360Simulator
 from support import airflow_cli
 
+pytestmark = pytest.mark.integration
+
 try:
     from airflow_provider_care360.version_compat import AIRFLOW_V_3_0_PLUS
 except ImportError:  # pragma: no cover

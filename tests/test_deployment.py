@@ -45,7 +45,10 @@ try:
 except ImportError:  # pragma: no cover
     AIRFLOW_V_3_3_PLUS = False
 
-pytestmark = pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the deployment test targets Airflow 3.3")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the deployment test targets Airflow 3.3"),
+]
 
 DAG_ID = "example_care360_batch"
 HEARTBEAT_TIMEOUT = 8  # seconds without a heartbeat before the scheduler fails the try

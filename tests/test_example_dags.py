@@ -13,6 +13,8 @@ import pytest
 
 from support import EXAMPLE_DAGS, airflow_cli, iso, next_slot, run_dag, state_of, xcom_value
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES = {
     "example_care360_single_booking",
     "example_care360_hourly_referrals",

@@ -49,6 +49,7 @@ def test_providers_manager_sees_the_care360_connection_type() -> None:
     assert hook_info.hook_name == "Care360"
 
 
+@pytest.mark.integration  # a subprocess
 def test_airflow_providers_list_shows_it() -> None:
     out = subprocess.run(
         [airflow_cli(), "providers", "list", "--output", "plain"],

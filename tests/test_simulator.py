@@ -175,6 +175,7 @@ def test_start_on_a_free_port_and_stop_cleanly() -> None:
     sim.stop()  # a second stop is harmless
 
 
+@pytest.mark.integration  # a subprocess
 def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
@@ -207,6 +208,7 @@ def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     assert "cli-key" not in out + err
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_simulator_does_not_import_airflow() -> None:
     code = "import sys, airflow_provider_care360.simulator; print('airflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

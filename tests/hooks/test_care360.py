@@ -226,10 +226,9 @@ def test_read_timeout_is_enforced(simulator: Any, monkeypatch: pytest.MonkeyPatc
 
     simulator.inject(Fault(status=200, delay=6.0))
     hook = Care360Hook(timeout=(1, 0.5))
-    started = datetime.now()
+    # Without the timeout the 200 would come after 6 s and no error would be raised.
     with pytest.raises(Care360AmbiguousError, match="read timeout"):
         book(hook, next_slot())
-    assert (datetime.now() - started).total_seconds() < 5  # gave up long before the answer came
 
 
 def test_repr_and_settings_hide_the_key(simulator: Any, api_key: str) -> None:
@@ -269,6 +268,7 @@ def test_test_connection_reports_config_errors(monkeypatch: pytest.MonkeyPatch) 
 # -- import cost ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a subprocess
 def test_importing_the_operator_does_not_import_requests() -> None:
     # Airflow 2 imports requests itself, so after Airflow's own imports requests is made
     # unimportable: importing our operator module must not need it.
