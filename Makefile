@@ -4,32 +4,42 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-matrix bench lint dist clean
+.PHONY: demo test test-unit test-matrix matrix-venvs bench lint dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# pip >= 25.1 installs the dependency groups (PEP 735) that hold the test, dev and bench tools.
+$(VENV)/.pip: | $(BIN)/python
+	$(PIP) install --upgrade "pip>=25.1"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/.pip
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[test]"
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/.pip
+	$(PIP) install -e . --group test
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[bench]"
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/.pip
+	$(PIP) install -e . --group bench
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev]"
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/.pip
+	$(PIP) install -e . --group dev
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
 
+# Everything: the unit tier, then DAG runs, the API server and the deployment test.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier alone: no metadata DB, no DAG run, no subprocess; seconds, for a quick loop.
+test-unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 # `make bench` prints the table; `make bench QUICK=1` runs every benchmark small (CI, under 2 minutes).
 bench: $(VENV)/.installed-bench
@@ -44,13 +54,21 @@ PINS_2.11.2 :=
 PINS_3.2.2  := "fastapi<0.137" "svcs<26"
 PINS_3.3.2  :=
 
-test-matrix:
+# `make matrix-venvs` only installs them (CI does that while the first suite runs).
+matrix-venvs:
+	@failed=""; $(foreach v,$(MATRIX), \
+	  echo '== installing Airflow $(v) $(PINS_$(v))'; \
+	  if { [ -x .venv-airflow-$(v)/bin/python ] || $(PYTHON) -m venv .venv-airflow-$(v); } \
+	     && .venv-airflow-$(v)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
+	     && .venv-airflow-$(v)/bin/python -m pip --disable-pip-version-check -q install \
+	          "apache-airflow==$(v)" $(PINS_$(v)) -e . --group test; \
+	  then :; else failed="$$failed $(v)"; fi;) \
+	if [ -n "$$failed" ]; then echo "installing failed for:$$failed"; exit 1; fi
+
+test-matrix: matrix-venvs
 	@failed=""; $(foreach v,$(MATRIX), \
 	  echo '== Airflow $(v) $(PINS_$(v))'; \
-	  if [ -x .venv-airflow-$(v)/bin/python ] || $(PYTHON) -m venv .venv-airflow-$(v); then :; fi; \
-	  if .venv-airflow-$(v)/bin/python -m pip --disable-pip-version-check -q install \
-	       "apache-airflow==$(v)" $(PINS_$(v)) -e ".[test]" \
-	     && .venv-airflow-$(v)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); \
+	  if .venv-airflow-$(v)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); \
 	  then echo "== Airflow $(v): passed"; else failed="$$failed $(v)"; fi;) \
 	if [ -n "$$failed" ]; then echo "test-matrix failed on:$$failed"; exit 1; fi; \
 	echo "test-matrix passed on: $(MATRIX)"

@@ -26,6 +26,20 @@ entry_points = (
 if "apache_airflow_provider" not in entry_points or "get_provider_info" not in entry_points:
     problems.append("the wheel lacks the apache_airflow_provider entry point")
 
+# The metadata users see: what they install, and no deprecated license form (PEP 639).
+metadata = zipfile.ZipFile(wheel).read(f"airflow_provider_care360-{__version__}.dist-info/METADATA").decode()
+headers = [line.partition(": ") for line in metadata.split("\n\n", 1)[0].splitlines()]
+requires = [value for key, _, value in headers if key == "Requires-Dist"]
+if any("extra ==" in r for r in requires):
+    problems.append(f"the wheel publishes extras of tools users never install: {requires}")
+if not any(r.replace(" ", "").startswith("requests") and "<3" in r for r in requires):
+    problems.append("requests has no upper bound below 3")
+classifiers = [value for key, _, value in headers if key == "Classifier"]
+if ("License-Expression", ": ", "Apache-2.0") not in headers or any(
+    c.startswith("License ::") for c in classifiers
+):
+    problems.append("the license must be the SPDX License-Expression alone, with no license classifier")
+
 members = tarfile.open(sdist).getnames()
 root = f"airflow_provider_care360-{__version__}/"
 for needed in ("example_dags/example_care360_batch.py", "LICENSE", "README.md", "pyproject.toml"):
