@@ -25,18 +25,32 @@ What it implements (sections 1 and 2a of the contract):
   for an email it has never seen; otherwise 200 with the appointments of the ledger (and those
   pre-loaded with :meth:`Care360Simulator.add_appointment`) that match, are not cancelled and have
   not ended, sorted by end time, ``start`` and ``end`` written with milliseconds (``...:00.000Z``).
-* ``GET /api/v1/calendar/provider-availability``: 401 / 400 (``provider_states`` missing) / 200.
+* ``POST /api/v1/calendar/appointments/cancel`` (section 2b): 401; 429; 400 for a body without
+  ``email`` and ``appointmentId`` or one that names no active appointment of that email; 200, and the
+  appointment leaves lookups and frees its slot.
+* ``GET /api/v1/calendar/provider-availability`` (also at ``/api/v1/provider-availability``): 401;
+  429; 400 (``provider_states`` missing, or ``start_time``/``end_time`` without ``event_type_id``);
+  200 with an empty ``data`` list.
 
-Admin endpoints (no key; loopback only): ``GET /_simulator/bookings``, ``GET /_simulator/requests``,
-``POST /_simulator/reset``, ``POST /_simulator/faults`` (body: a list of fault objects, see
-:class:`Fault`), ``GET /_simulator/health``.
+Every request gets a JSON answer in the documented envelope, whatever its framing: 400 for framing
+it cannot read, 413 for a body over ``MAX_REQUEST_BYTES`` (chunked bodies are read too), 405 with
+``Allow`` for another method on a known path, a JSON 404 elsewhere, 501 for an unknown method.
+
+Admin endpoints (no API key): ``GET /_simulator/bookings``, ``GET /_simulator/requests``,
+``GET /_simulator/health``, ``POST /_simulator/reset``, ``POST /_simulator/faults`` (a fault object or
+a list of them, see :class:`Fault`), ``POST /_simulator/appointments`` (``email``, ``start``: pre-load
+one). They answer loopback clients only, or, when an admin token is configured, any client sending it
+in ``X-Simulator-Admin-Token`` and nobody else. Recorded requests never keep the ``cv-api-key`` value.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import json
 import math
+import re
 import signal
 import socket
 import struct
@@ -50,6 +64,7 @@ from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 from airflow_provider_care360._contract import APPOINTMENTS_PATH as APPOINTMENTS
 from airflow_provider_care360._contract import AVAILABILITY_PATH as AVAILABILITY
@@ -58,7 +73,13 @@ from airflow_provider_care360._contract import LOCATIONS, TRACKING_KEYS
 __all__ = ["Care360Simulator", "Fault", "main"]
 
 ADMIN = "/_simulator"
-FAULT_TARGETS = ("booking", "lookup")
+#: The header that carries the admin token, when one is configured.
+ADMIN_TOKEN_HEADER = "X-Simulator-Admin-Token"
+CANCEL = APPOINTMENTS + "/cancel"
+#: One copy of the vendor's docs gives the availability endpoint this path; the simulator serves both.
+AVAILABILITY_ALIAS = "/api/v1/provider-availability"
+#: The queues of faults: which requests a fault answers.
+FAULT_TARGETS = ("booking", "lookup", "cancel", "availability")
 _UNKNOWN_USER = {
     "status": 404,
     "success": False,
@@ -120,6 +141,25 @@ _DOCUMENTED = {
 }
 
 
+def _check_options(
+    *,
+    slot_minutes: Any,
+    rate_limit: Any,
+    rate_window: Any,
+    lookup_rate_limit: Any,
+    lookup_rate_window: Any,
+) -> None:
+    """Refuse settings the simulator cannot serve with (a 0-minute slot divides by zero)."""
+    if isinstance(slot_minutes, bool) or not isinstance(slot_minutes, int) or not 1 <= slot_minutes <= 1440:
+        raise ValueError(f"slot_minutes must be a whole number from 1 to 1440, got {slot_minutes!r}")
+    for name, limit in (("rate_limit", rate_limit), ("lookup_rate_limit", lookup_rate_limit)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"{name} must be a whole number of at least 0, or None, got {limit!r}")
+    for name, window in (("rate_window", rate_window), ("lookup_rate_window", lookup_rate_window)):
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1e9:
+            raise ValueError(f"{name} must be a number of seconds above 0, got {window!r}")
+
+
 class Care360Simulator:
     """
     The simulator. Start it with ``start()`` (or as a context manager) and stop it with ``stop()``.
@@ -137,6 +177,13 @@ class Care360Simulator:
     :param lookup_rate_limit: lookups allowed per ``lookup_rate_window`` seconds (Care360 documents
         500 per 60 s); ``None`` for no limit.
     :param lookup_rate_window: length of the lookup's rate-limit window, in seconds.
+    :param host_timezone: the zone whose wall clock slots are aligned on (``slot_minutes`` past its
+        midnight), whatever offset a client writes its start time in. Default UTC.
+    :param admin_token: when set, the ``/_simulator`` admin endpoints answer any client that sends it
+        in ``X-Simulator-Admin-Token``, and nobody else; when not, they answer loopback clients only.
+
+    The cancel endpoint shares the booking's rate-limit numbers and availability the lookup's, each
+    with its own window.
     """
 
     def __init__(
@@ -154,9 +201,24 @@ class Care360Simulator:
         one_on_one: bool = True,
         lookup_rate_limit: int | None = None,
         lookup_rate_window: float = 60.0,
+        host_timezone: str = "UTC",
+        admin_token: str | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
+        _check_options(
+            slot_minutes=slot_minutes,
+            rate_limit=rate_limit,
+            rate_window=rate_window,
+            lookup_rate_limit=lookup_rate_limit,
+            lookup_rate_window=lookup_rate_window,
+        )
+        try:
+            self._zone = ZoneInfo(host_timezone)
+        except Exception:
+            raise ValueError(f"host_timezone must be an IANA time zone, got {host_timezone!r}") from None
+        self.host_timezone = host_timezone
+        self.admin_token = admin_token or None
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -177,7 +239,7 @@ class Care360Simulator:
         self._faults: dict[str, deque[Fault]] = {target: deque() for target in FAULT_TARGETS}
         # A fixed window per limit: [start, count]; a window opens at its first request.
         self._windows: dict[str, list[float]] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -186,8 +248,7 @@ class Care360Simulator:
         """Bind and serve in a background thread; returns ``self``."""
         if self._server is not None:
             raise RuntimeError("the simulator is already running")
-        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
-        server.daemon_threads = True
+        server = _Server(self)
         self._server = server
         self.port = server.server_address[1]
         # A short poll interval: stop() waits for the serving loop to notice, up to one interval.
@@ -323,7 +384,7 @@ class Care360Simulator:
     def _rate_limited(self, kind: str = "booking") -> tuple[bool, dict[str, str]]:
         limit, window = (
             (self.rate_limit, self.rate_window)
-            if kind == "booking"
+            if kind in ("booking", "cancel")
             else (self.lookup_rate_limit, self.lookup_rate_window)
         )
         if limit is None:
@@ -391,11 +452,53 @@ class Care360Simulator:
             return "startTime must be a valid ISO 8601 date-time"
         if start.tzinfo is None:
             return "startTime must be a valid ISO 8601 date-time with a time zone"
+        try:  # the instant, its slot's end, and the host's wall clock must all be real dates
+            local = start.astimezone(self._zone)
+            start.astimezone(UTC) + timedelta(minutes=self.slot_minutes)
+        except (OverflowError, ValueError):
+            return "startTime is out of range"
         if start <= datetime.now(UTC):
             return "startTime is not a correct slot: it is in the past"
-        if start.second or start.microsecond or start.minute % self.slot_minutes:
-            return f"startTime is not a correct slot: slots start every {self.slot_minutes} minutes"
+        if local.second or local.microsecond or (local.hour * 60 + local.minute) % self.slot_minutes:
+            return (
+                f"startTime is not a correct slot: slots start every {self.slot_minutes} minutes "
+                f"from midnight in {self.host_timezone}"
+            )
         return None
+
+    def _cancel(self, body: Any) -> tuple[int, Any]:
+        """Cancel Appointment (section 2b): the appointment leaves lookups and frees its slot."""
+        if not isinstance(body, dict):
+            return 400, _json_body(400, "Invalid request", "body must be a JSON object")
+        for name in ("email", "appointmentId"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                return 400, _json_body(400, "Invalid request", f"{name} is required")
+        if body.get("reason") is not None and not isinstance(body["reason"], str):
+            return 400, _json_body(400, "Invalid request", "reason must be a string")
+        with self._lock:
+            for item in self._bookings:
+                if (
+                    item["id"] == body["appointmentId"]
+                    and item["email"].lower() == body["email"].lower()
+                    and not item["cancelled"]
+                ):
+                    item["cancelled"] = True
+                    self._taken.discard((item["eventTypeId"], item["slot"]))
+                    return 200, _json_body(200, "Meeting cancelled successfully")
+        return 400, _json_body(400, "Invalid request", "no active appointment with this id for this email")
+
+    def _availability(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """Provider availability (section 2c): booking links, never open slots; none configured here."""
+        if not (query.get("provider_states") or [""])[0]:
+            return 400, _json_body(400, "Invalid request", "provider_states is required")
+        if (query.get("start_time") or query.get("end_time")) and not query.get("event_type_id"):
+            return 400, _json_body(400, "Invalid request", "start_time and end_time need event_type_id")
+        return 200, {
+            "status": 200,
+            "success": True,
+            "message": "Provider availability fetched successfully",
+            "data": [],
+        }
 
     def _apply(self, body: dict[str, Any], force: bool = False) -> str | None:
         """Record a booking; the slot-taken error if the slot was booked already."""
@@ -514,214 +617,406 @@ def _appointment_view(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _make_handler(sim: Care360Simulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "Care360Simulator"
-        timeout = 30  # idle keep-alive connections are closed after this
-        # Headers and body go out in two writes; without TCP_NODELAY the second waits for the
-        # client's delayed ACK (~40 ms a request).
-        disable_nagle_algorithm = True
+class _Refused(Exception):
+    """A request the simulator answers with ``status`` before routing it (bad framing, too big)."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass  # quiet: no request lines (they would carry invitee data) on stderr
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
 
-        # -- plumbing -------------------------------------------------------------------------
 
-        def _send(
-            self,
-            status: int,
-            body: Any,
-            headers: dict[str, str] | None = None,
-            content_type: str = "application/json",
-        ) -> None:
-            if isinstance(body, bytes):
-                data = body
-            elif isinstance(body, str):
-                data = body.encode()
-            else:
-                data = json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
+class _Server(ThreadingHTTPServer):
+    """The HTTP server: one thread per connection, a listen backlog that takes a burst of clients."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, simulator: Care360Simulator) -> None:
+        self.simulator = simulator
+        family = socket.AF_INET6 if ":" in simulator.host else socket.AF_INET
+        self.address_family = family
+        super().__init__((simulator.host, simulator.port), _Handler)
+
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """
+    One connection. Every request, whatever its framing, method or body, gets a JSON answer in the
+    documented envelope (or a queued fault): nothing a client sends raises out of here.
+    """
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Answer a request line without a version (HTTP/0.9 style) with a status line and headers too.
+    default_request_version = "HTTP/1.1"
+    server_version = "Care360Simulator"
+    timeout = 30  # idle keep-alive connections are closed after this
+    # Headers and body go out in two writes; without TCP_NODELAY the second waits for the client's
+    # delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
+
+    @property
+    def sim(self) -> Care360Simulator:
+        return self.server.simulator
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # quiet: no request lines (they would carry invitee data) on stderr
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server sends for framing it cannot parse (400, 414, 431, 501), as JSON."""
+        self.close_connection = True
+        short = message or self.responses.get(code, ("Error",))[0]
+        self._send(code, _json_body(code, short, explain or short))
+
+    def _send(
+        self,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        if isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(data)
-                self.wfile.flush()
-            except OSError:
-                self.close_connection = True  # the client went away (e.g. after its read timeout)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the client went away (e.g. after its read timeout)
 
-        def _reset(self) -> None:
-            # SO_LINGER with a zero timeout makes close() send a TCP RST.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send a TCP RST.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
 
-        def _read_body(self) -> bytes | None:
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit() or int(length) > MAX_REQUEST_BYTES:
-                self.close_connection = True
-                return None
-            return self.rfile.read(int(length))
+    def _read_body(self) -> bytes:
+        """The request body by its framing; raises ``_Refused`` for framing the simulator won't take."""
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            if encoding.strip().lower() != "chunked":
+                raise _Refused(501, "Transfer-Encoding: only chunked is supported")
+            return self._read_chunked()
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return b""  # HTTP/1.1: no Content-Length and no Transfer-Encoding is an empty body
+        if len(set(lengths)) > 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+            raise _Refused(400, "Content-Length must be one decimal number of bytes")
+        length = int(lengths[0])
+        if length > MAX_REQUEST_BYTES:
+            raise _Refused(413, f"the body is over {MAX_REQUEST_BYTES} bytes")
+        data = self.rfile.read(length)
+        if len(data) < length:
+            raise _Refused(400, "the body ended before Content-Length bytes")
+        return data
 
-        def _authorised(self) -> bool:
-            return self.headers.get("cv-api-key") == sim.api_key
+    def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            size = line.split(b";", 1)[0].strip()
+            if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size):
+                raise _Refused(400, "malformed chunked body")
+            length = int(size, 16)
+            if length == 0:
+                break
+            if len(body) + length > MAX_REQUEST_BYTES:
+                raise _Refused(413, f"the body is over {MAX_REQUEST_BYTES} bytes")
+            chunk = self.rfile.read(length)
+            if len(chunk) < length or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _Refused(400, "malformed chunked body")
+            body += chunk
+        for _ in range(64):  # trailer fields, ignored, up to the blank line
+            line = self.rfile.readline(8192)
+            if line in (b"\r\n", b"\n", b""):
+                return bytes(body)
+        raise _Refused(400, "malformed chunked body")
 
-        # -- routes ---------------------------------------------------------------------------
+    def _key_state(self) -> str:
+        given = self.headers.get("cv-api-key")
+        if given is None:
+            return "missing"
+        return "valid" if hmac.compare_digest(given.encode(), self.sim.api_key.encode()) else "invalid"
 
-        def do_GET(self) -> None:  # noqa: N802
+    def _entry(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> dict[str, Any]:
+        """A request as :attr:`Care360Simulator.requests` records it: the key's value never kept."""
+        return {
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": {
+                name: "***" if name.lower() == "cv-api-key" else value for name, value in self.headers.items()
+            },
+            "key": self._key_state(),
+            "client": list(self.client_address[:2]),
+            "at": time.time(),
+            "body": body,
+        }
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch("OPTIONS")
+
+    def _dispatch(self, method: str) -> None:
+        try:
             url = urlsplit(self.path)
-            if url.path.startswith(ADMIN):
-                self._admin_get(url.path[len(ADMIN) :])
-                return
-            query = parse_qs(url.query)
-            entry: dict[str, Any] = {
-                "method": "GET",
-                "path": url.path,
-                "query": query,
-                "headers": dict(self.headers),
-                "client": list(self.client_address[:2]),
-                "at": time.time(),
-                "body": None,
-            }
-            if url.path == APPOINTMENTS:
-                fault = sim._next_fault("lookup")
-                if fault is not None:
-                    entry["status"] = "reset" if fault.reset else fault.status
-                    entry["fault"] = asdict(fault) | {"body": None}
-                    sim._record(entry)
-                    self._answer_fault(fault, None)
-                    return
-                status, body, headers = self._lookup(query)
+            if method == "POST":
+                raw = self._read_body()
+            elif "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+                self._read_body()  # read and drop it, so the connection stays in step
+                raw = b""
             else:
-                (status, body), headers = self._availability(url.path, query), {}
-            entry["status"] = status
-            sim._record(entry)
-            self._send(status, body, headers)
-
-        def _lookup(self, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
-            if not self._authorised():
-                return 401, _DOCUMENTED[401], {}
-            limited, headers = sim._rate_limited("lookup")
-            if limited:
-                return 429, _DOCUMENTED[429], headers
-            status, body = sim._lookup(query)
-            return status, body, headers
-
-        def _availability(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
-            if path != AVAILABILITY:
-                return 404, _json_body(404, "Not found")
-            if not self._authorised():
-                return 401, _DOCUMENTED[401]
-            if not query.get("provider_states"):
-                return 400, _json_body(400, "Invalid request", "provider_states is required")
-            return 200, {"status": 200, "success": True, "data": []}
-
-        def do_POST(self) -> None:  # noqa: N802
-            url = urlsplit(self.path)
-            raw = self._read_body()
-            if raw is None:
-                self._send(400, _json_body(400, "Invalid request", "Content-Length is required"))
+                raw = b""
+            if url.path.startswith(ADMIN + "/") or url.path == ADMIN:
+                self._admin(method, url.path[len(ADMIN) :], raw)
                 return
-            if url.path.startswith(ADMIN):
-                self._admin_post(url.path[len(ADMIN) :], raw)
-                return
-            try:
-                body: Any = json.loads(raw) if raw else None
-                parsed = True
-            except ValueError:
-                body, parsed = raw.decode("utf-8", "replace"), False
-            entry = {
-                "method": "POST",
-                "path": url.path,
-                "query": parse_qs(url.query),
-                "headers": dict(self.headers),
-                "client": list(self.client_address[:2]),
-                "at": time.time(),
-                "body": body,
-            }
-            if url.path != APPOINTMENTS:
-                entry["status"] = 404
-                sim._record(entry)
-                self._send(404, _json_body(404, "Not found"))
-                return
-            fault = sim._next_fault("booking")
-            if fault is not None:
-                entry["status"] = "reset" if fault.reset else fault.status
-                entry["fault"] = asdict(fault) | {"body": None}
-                sim._record(entry)
-                self._answer_fault(fault, body if parsed else None)
-                return
-            status, answer, headers = self._book(body if parsed else None, parsed)
-            entry["status"] = status
-            sim._record(entry)
-            self._send(status, answer, headers)
-
-        def _book(self, body: Any, parsed: bool) -> tuple[int, Any, dict[str, str]]:
-            if not self._authorised():
-                return 401, _DOCUMENTED[401], {}
-            limited, headers = sim._rate_limited()
-            if limited:
-                return 429, _DOCUMENTED[429], headers
-            if not parsed:
-                return 400, _json_body(400, "Invalid request", "body must be valid JSON"), headers
-            if self.headers.get_content_type() != "application/json":
-                return (
-                    400,
-                    _json_body(400, "Invalid request", "Content-Type must be application/json"),
-                    headers,
+            allowed = _ROUTES.get(url.path)
+            if allowed is None:
+                self._send(404, _json_body(404, "Not found", f"no endpoint at {url.path}"))
+            elif method not in allowed:
+                self._send(
+                    405,
+                    _json_body(405, "Method not allowed", f"{url.path} takes {', '.join(allowed)}"),
+                    {"Allow": ", ".join(allowed)},
                 )
-            problem = sim._check_booking(body) or sim._apply(body)
-            if problem:
-                return 400, _json_body(400, "Invalid request", problem), headers
-            return 200, _DOCUMENTED[200], headers
-
-        def _answer_fault(self, fault: Fault, body: Any) -> None:
-            if fault.apply and isinstance(body, dict) and sim._check_booking(body) is None:
-                sim._apply(body, force=True)
-            if fault.delay:
-                time.sleep(fault.delay)
-            if fault.reset:
-                self._reset()
-                return
-            answer = fault.body
-            if answer is None:
-                answer = _DOCUMENTED.get(fault.status) or _json_body(fault.status, "Simulated fault")
-            self._send(fault.status, answer, fault.headers, fault.content_type)
-
-        # -- admin ----------------------------------------------------------------------------
-
-        def _admin_get(self, path: str) -> None:
-            if path == "/bookings":
-                self._send(200, sim.bookings)
-            elif path == "/requests":
-                self._send(200, sim.requests)
-            elif path == "/health":
-                self._send(200, {"ok": True, "bookings": sim.booked_count()})
             else:
-                self._send(404, _json_body(404, "Not found"))
+                self._route(method, url.path, parse_qs(url.query), raw)
+        except _Refused as refused:
+            self.close_connection = True
+            self._send(refused.status, _json_body(refused.status, "Invalid request", refused.error))
+        except Exception as exc:  # a defect of the simulator: still an answer, never a dropped line
+            self.close_connection = True
+            self._send(500, _json_body(500, "Simulator error", type(exc).__name__))
 
-        def _admin_post(self, path: str, raw: bytes) -> None:
-            if path == "/reset":
-                sim.reset()
-                self._send(200, {"ok": True})
-                return
-            if path == "/faults":
-                try:
-                    items = json.loads(raw)
-                    faults = [Fault(**item) for item in (items if isinstance(items, list) else [items])]
-                except (ValueError, TypeError) as exc:
-                    self._send(400, {"ok": False, "error": str(exc)})
-                    return
-                for fault in faults:
-                    sim.inject(fault)
-                self._send(200, {"ok": True, "queued": len(faults)})
-                return
-            self._send(404, _json_body(404, "Not found"))
+    def _route(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> None:
+        sim = self.sim
+        body: Any = None
+        parsed = True
+        if method == "POST":
+            try:
+                body = json.loads(raw) if raw else None
+            except (ValueError, RecursionError):
+                body, parsed = raw.decode("utf-8", "replace")[:2000], False
+        target = _TARGETS[(method, path)]
+        entry = self._entry(method, path, query, body)
+        fault = sim._next_fault(target)
+        if fault is not None:
+            entry["status"] = "reset" if fault.reset else fault.status
+            entry["fault"] = asdict(fault) | {"body": None}
+            sim._record(entry)
+            self._answer_fault(fault, body if parsed and target == "booking" else None)
+            return
+        status, answer, headers = self._answer(target, query, body, parsed)
+        entry["status"] = status
+        sim._record(entry)
+        self._send(status, answer, headers)
 
-    return Handler
+    def _answer(
+        self, target: str, query: dict[str, list[str]], body: Any, parsed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        sim = self.sim
+        if self._key_state() != "valid":
+            return 401, _DOCUMENTED[401], {}
+        limited, headers = sim._rate_limited(target)
+        if limited:
+            return 429, _DOCUMENTED[429], headers
+        if target == "lookup":
+            status, answer = sim._lookup(query)
+            return status, answer, headers
+        if target == "availability":
+            status, answer = sim._availability(query)
+            return status, answer, headers
+        if not parsed:
+            return 400, _json_body(400, "Invalid request", "body must be valid JSON"), headers
+        if self.headers.get_content_type() != "application/json":
+            return 400, _json_body(400, "Invalid request", "Content-Type must be application/json"), headers
+        if target == "cancel":
+            status, answer = sim._cancel(body)
+            return status, answer, headers
+        problem = sim._check_booking(body) or sim._apply(body)
+        if problem:
+            return 400, _json_body(400, "Invalid request", problem), headers
+        return 200, _DOCUMENTED[200], headers
+
+    def _answer_fault(self, fault: Fault, body: Any) -> None:
+        sim = self.sim
+        if fault.apply and isinstance(body, dict) and sim._check_booking(body) is None:
+            sim._apply(body, force=True)
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.reset:
+            self._reset()
+            return
+        answer = fault.body
+        if answer is None:
+            answer = _DOCUMENTED.get(fault.status) or _json_body(fault.status, "Simulated fault")
+        self._send(fault.status, answer, fault.headers, fault.content_type)
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    def _admin_allowed(self) -> bool:
+        token = self.sim.admin_token
+        if token:
+            given = self.headers.get(ADMIN_TOKEN_HEADER, "")
+            return hmac.compare_digest(given.encode(), token.encode())
+        try:
+            address = ipaddress.ip_address(str(self.client_address[0]).split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        return bool((mapped or address).is_loopback)
+
+    def _admin(self, method: str, path: str, raw: bytes) -> None:
+        sim = self.sim
+        if not self._admin_allowed():
+            self._send(
+                403,
+                _json_body(
+                    403,
+                    "Forbidden",
+                    f"admin endpoints answer loopback clients, or a request with {ADMIN_TOKEN_HEADER}",
+                ),
+            )
+            return
+        allowed = _ADMIN_ROUTES.get(path)
+        if allowed is None:
+            self._send(404, _json_body(404, "Not found", f"no endpoint at {ADMIN}{path}"))
+            return
+        if method not in allowed:
+            self._send(
+                405,
+                _json_body(405, "Method not allowed", f"{ADMIN}{path} takes {', '.join(allowed)}"),
+                {"Allow": ", ".join(allowed)},
+            )
+            return
+        if path == "/bookings":
+            self._send(200, sim.bookings)
+        elif path == "/requests":
+            self._send(200, sim.requests)
+        elif path == "/health":
+            self._send(200, {"ok": True, "bookings": sim.booked_count()})
+        elif path == "/reset":
+            sim.reset()
+            self._send(200, {"ok": True})
+        elif path == "/faults":
+            try:
+                items = json.loads(raw) if raw else None
+                if not isinstance(items, (list, dict)):
+                    raise TypeError("the body must be a fault object or a list of them")
+                faults = [Fault(**item) for item in (items if isinstance(items, list) else [items])]
+            except (ValueError, TypeError, RecursionError) as exc:
+                self._send(400, {"ok": False, "error": str(exc)[:500]})
+                return
+            for fault in faults:
+                sim.inject(fault)
+            self._send(200, {"ok": True, "queued": len(faults)})
+        elif path == "/appointments":
+            try:
+                item = json.loads(raw) if raw else None
+                if not isinstance(item, dict):
+                    raise TypeError("the body must be an object with email and start")
+                stored = sim.add_appointment(**item)
+            except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+                self._send(400, {"ok": False, "error": str(exc)[:500]})
+                return
+            self._send(200, {"ok": True, "appointment": stored})
+
+
+#: Methods each API path takes, and which queue of faults and rate limit each request uses.
+_ROUTES: dict[str, tuple[str, ...]] = {
+    APPOINTMENTS: ("GET", "POST"),
+    CANCEL: ("POST",),
+    AVAILABILITY: ("GET",),
+    AVAILABILITY_ALIAS: ("GET",),
+}
+_TARGETS: dict[tuple[str, str], str] = {
+    ("POST", APPOINTMENTS): "booking",
+    ("GET", APPOINTMENTS): "lookup",
+    ("POST", CANCEL): "cancel",
+    ("GET", AVAILABILITY): "availability",
+    ("GET", AVAILABILITY_ALIAS): "availability",
+}
+_ADMIN_ROUTES: dict[str, tuple[str, ...]] = {
+    "/bookings": ("GET",),
+    "/requests": ("GET",),
+    "/health": ("GET",),
+    "/reset": ("POST",),
+    "/faults": ("POST",),
+    "/appointments": ("POST",),
+}
+
+
+def _whole(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+    return value
+
+
+def _slot_minutes(text: str) -> int:
+    return _whole(text, 1, 1440)
+
+
+def _count(text: str) -> int:
+    return _whole(text, 0, 10**9)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
+def _zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except Exception:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IANA time zone") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -738,11 +1033,32 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CARE360_SIMULATOR_API_KEY"),
         help="the accepted API key (default: $CARE360_SIMULATOR_API_KEY)",
     )
-    parser.add_argument("--rate-limit", type=int, default=None, help="booking requests per window")
-    parser.add_argument("--rate-window", type=float, default=60.0, help="rate-limit window in seconds")
+    parser.add_argument(
+        "--rate-limit", type=_count, default=None, help="booking requests per window (0: every one is a 429)"
+    )
+    parser.add_argument(
+        "--rate-window", type=_seconds, default=60.0, help="rate-limit window in seconds (> 0)"
+    )
     parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
     parser.add_argument("--rate-limit-headers", action="store_true", help="send X-RateLimit-* headers")
-    parser.add_argument("--slot-minutes", type=int, default=30, help="slot length in minutes (default 30)")
+    parser.add_argument(
+        "--slot-minutes",
+        type=_slot_minutes,
+        default=30,
+        help="slot length in minutes, 1 to 1440 (default 30)",
+    )
+    parser.add_argument(
+        "--host-timezone",
+        type=_zone,
+        default="UTC",
+        help="IANA zone whose midnight slots are counted from (default UTC)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("CARE360_SIMULATOR_ADMIN_TOKEN"),
+        help="let any client that sends it in X-Simulator-Admin-Token use /_simulator "
+        "(default: $CARE360_SIMULATOR_ADMIN_TOKEN; without one, loopback clients only)",
+    )
     parser.add_argument(
         "--event-type",
         action="append",
@@ -764,6 +1080,8 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit_headers=args.rate_limit_headers,
         slot_minutes=args.slot_minutes,
         event_types=set(args.event_types) if args.event_types else None,
+        host_timezone=args.host_timezone,
+        admin_token=args.admin_token,
     ).start()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -773,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(str(sim.port))
         os.replace(args.port_file + ".tmp", args.port_file)
     print(f"Care360 simulator listening on {sim.url} (Ctrl-C to stop)", flush=True)
+    if not args.admin_token:
+        print(f"Admin endpoints ({ADMIN}) answer loopback clients only.", flush=True)
     stop.wait()
     sim.stop()
     print(f"Care360 simulator stopped; {sim.booked_count()} booking(s) accepted.", flush=True)

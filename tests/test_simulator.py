@@ -294,4 +294,4 @@ def test_lookup_faults_and_rate_limit_are_separate_from_bookings() -> None:
         assert [r["status"] for r in sim.lookup_requests] == [503, 200, 429]
         assert [r["status"] for r in sim.booking_requests] == [200]
     with pytest.raises(ValueError, match="target"):
-        Fault(500, target="cancel")
+        Fault(500, target="nowhere")
