@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-unit test-matrix matrix-venvs bench lint dist clean
+.PHONY: demo test test-unit test-matrix matrix-venvs bench fuzz lint dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ test: $(VENV)/.installed-test
 # The unit tier alone: no metadata DB, no DAG run, no subprocess; seconds, for a quick loop.
 test-unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+# A bounded schemathesis pass against the simulator (its own venv: a tool users never install).
+FUZZ_VENV ?= .venv-fuzz
+FUZZ_EXAMPLES ?= 50
+$(FUZZ_VENV)/.installed:
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1"
+	$(FUZZ_VENV)/bin/python -m pip --disable-pip-version-check -q install --group fuzz
+	touch $@
+
+fuzz: $(VENV)/.installed $(FUZZ_VENV)/.installed
+	$(BIN)/python scripts/fuzz.py $(FUZZ_VENV)/bin/schemathesis $(FUZZ_EXAMPLES)
 
 # `make bench` prints the table; `make bench QUICK=1` runs every benchmark small (CI, under 2 minutes).
 bench: $(VENV)/.installed-bench
@@ -86,4 +98,4 @@ dist: $(VENV)/.installed-dev
 	$(BIN)/python scripts/check_dist.py dist
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FUZZ_VENV) build dist *.egg-info .pytest_cache .hypothesis

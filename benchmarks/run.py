@@ -68,7 +68,7 @@ class Simulator:
             [
                 PYTHON,
                 "-m",
-                "airflow_provider_care360.simulator",
+                "airflow_provider_care360.testing",
                 "--port",
                 "0",
                 "--api-key",

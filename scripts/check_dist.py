@@ -16,6 +16,12 @@ dist = Path(sys.argv[1] if len(sys.argv) > 1 else "dist")
 
 names = zipfile.ZipFile(wheel).namelist()
 problems = []
+for shipped in (
+    "airflow_provider_care360/testing/care360-openapi.json",
+    "airflow_provider_care360/testing/pytest_plugin.py",
+):
+    if shipped not in names:
+        problems.append(f"the wheel lacks {shipped}")
 if "airflow_provider_care360/py.typed" not in names:
     problems.append("the wheel has no py.typed")
 if any(n.startswith(("tests/", "example_dags/", "benchmarks/", "scripts/")) for n in names):

@@ -73,7 +73,7 @@ def api_key() -> str:
 @pytest.fixture
 def simulator(api_key: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A running simulator with ``care360_default`` pointing at it."""
-    from airflow_provider_care360.simulator import Care360Simulator
+    from airflow_provider_care360.testing import Care360Simulator
 
     with Care360Simulator(api_key=api_key) as sim:
         for name, value in sim.airflow_connection_env().items():

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_care360.simulator import Care360Simulator
+from airflow_provider_care360.testing import Care360Simulator
 from support import airflow_cli
 
 pytestmark = pytest.mark.integration

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_care360.simulator import Care360Simulator, Fault
+from airflow_provider_care360.testing import Care360Simulator, Fault
 from support import EXAMPLE_DAGS, ROOT, airflow_cli, iso, next_slot
 
 try:

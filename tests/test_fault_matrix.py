@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
-from airflow_provider_care360.simulator import Care360Simulator, Fault
+from airflow_provider_care360.testing import Care360Simulator, Fault
 from support import iso, next_slot, run_dag, state_of, tries, xcom_value
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_care360.simulator import Care360Simulator, Fault
+from airflow_provider_care360.testing import Care360Simulator, Fault
 from support import iso, next_slot
 
 PATH = "/api/v1/calendar/appointments"
@@ -182,7 +182,7 @@ def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "airflow_provider_care360.simulator",
+            "airflow_provider_care360.testing",
             "--port",
             "0",
             "--port-file",
@@ -210,7 +210,7 @@ def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
 
 @pytest.mark.integration  # a subprocess
 def test_the_simulator_does_not_import_airflow() -> None:
-    code = "import sys, airflow_provider_care360.simulator; print('airflow' in sys.modules)"
+    code = "import sys, airflow_provider_care360.testing; print('airflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -295,3 +295,47 @@ def test_lookup_faults_and_rate_limit_are_separate_from_bookings() -> None:
         assert [r["status"] for r in sim.booking_requests] == [200]
     with pytest.raises(ValueError, match="target"):
         Fault(500, target="nowhere")
+
+
+def test_the_old_import_path_still_works() -> None:
+    from airflow_provider_care360 import simulator, testing
+
+    assert simulator.Care360Simulator is testing.Care360Simulator and simulator.Fault is testing.Fault
+
+
+def test_the_contract_rules_are_pure_functions_of_their_inputs() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from airflow_provider_care360.testing.rules import booking_problem, lookup_answer
+
+    body = {
+        "eventTypeId": "e",
+        "startTime": "2031-03-01T10:00:00+05:45",
+        "email": "a@example.com",
+        "timezone": "UTC",
+        "location": "zoom_conference",
+    }
+    then = datetime(2031, 1, 1, tzinfo=UTC)
+    assert booking_problem(body, slot_minutes=30, zone=ZoneInfo("Asia/Kathmandu"), now=then) is None
+    assert "from midnight in UTC" in str(
+        booking_problem(body, slot_minutes=30, zone=ZoneInfo("UTC"), now=then)
+    )
+    later = datetime(2032, 1, 1, tzinfo=UTC)
+    assert "in the past" in str(booking_problem(body, slot_minutes=30, zone=ZoneInfo("UTC"), now=later))
+
+    ledger = [
+        {
+            "id": "1",
+            "email": "A@example.com",
+            "startTime": "2031-03-01T04:15:00Z",
+            "slot": "2031-03-01T04:15:00Z",
+            "end": "2031-03-01T04:45:00Z",
+            "bookedAt": "2031-01-01T00:00:00+00:00",
+            "cancelled": False,
+        }
+    ]
+    status, answer = lookup_answer(ledger, {"user_email": ["a@EXAMPLE.com"]}, now=then)
+    assert (status, [a["start"] for a in answer["data"]]) == (200, ["2031-03-01T04:15:00.000Z"])
+    assert lookup_answer(ledger, {"user_email": ["a@example.com"]}, now=later)[1]["data"] == []
+    assert lookup_answer(ledger, {"user_email": ["b@example.com"]}, now=then)[0] == 404

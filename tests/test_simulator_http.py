@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_care360.simulator import ADMIN_TOKEN_HEADER, Care360Simulator, Fault, main
+from airflow_provider_care360.testing import ADMIN_TOKEN_HEADER, Care360Simulator, Fault, main
 from support import iso, next_slot
 
 KEY = "k-http"
@@ -187,7 +187,7 @@ def test_other_methods_on_the_booking_path_are_405_with_allow(sim: Care360Simula
     assert sim.bookings == []
 
 
-def test_get_on_the_booking_path_is_the_lookup_and_unknown_paths_and_methods_are_json(
+def test_get_on_the_booking_path_is_the_lookup_and_other_paths_and_methods_are_json(
     sim: Care360Simulator,
 ) -> None:
     status, _, body = exchange(sim, request("GET", PATH + "?user_email=x@example.com", None, JSON_KEY))
@@ -195,9 +195,12 @@ def test_get_on_the_booking_path_is_the_lookup_and_unknown_paths_and_methods_are
     status, _, body = exchange(sim, request("GET", "/nowhere", None, JSON_KEY))
     assert status == 404
     envelope(body, 404)
-    status, _, body = exchange(sim, request("BREW", PATH, None, JSON_KEY))
-    assert status == 501
-    envelope(body, 501)
+    for method in ("BREW", "TRACE", "CONNECT"):
+        status, headers, body = exchange(sim, request(method, PATH, None, JSON_KEY))
+        assert status == 405 and headers["allow"] == "GET, POST", method
+        envelope(body, 405)
+    status, _, body = exchange(sim, request("TRACE", "/nowhere", None, JSON_KEY))
+    assert status == 404
     status, _, body = exchange(sim, b"NONSENSE\r\n\r\n")
     assert status == 400
     envelope(body, 400)

@@ -111,7 +111,7 @@ def test_validation_happens_before_the_connection_is_read(monkeypatch: pytest.Mo
 
 
 def test_status_errors_are_typed(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_care360.simulator import Fault
+    from airflow_provider_care360.testing import Fault
 
     hook = Care360Hook()
     simulator.inject(Fault(status=429, headers={"Retry-After": "7"}))
@@ -222,7 +222,7 @@ def test_timeout_from_extra_and_argument(
 
 def test_read_timeout_is_enforced(simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider_care360.exceptions import Care360AmbiguousError
-    from airflow_provider_care360.simulator import Fault
+    from airflow_provider_care360.testing import Fault
 
     simulator.inject(Fault(status=200, delay=6.0))
     hook = Care360Hook(timeout=(1, 0.5))
@@ -382,7 +382,7 @@ def test_a_lookup_timeout_is_a_retryable_lookup_error(
     simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_care360.exceptions import Care360LookupError
-    from airflow_provider_care360.simulator import Fault
+    from airflow_provider_care360.testing import Fault
 
     set_conn(monkeypatch, password=simulator.api_key, host=simulator.url, extra={"timeout": [1, 1]})
     simulator.inject(Fault(200, delay=2, target="lookup"))

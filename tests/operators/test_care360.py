@@ -14,7 +14,7 @@ import pytest
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
-from airflow_provider_care360.simulator import Fault
+from airflow_provider_care360.testing import Fault
 from support import (
     all_xcom_and_rendered_text,
     get_test_dag,
