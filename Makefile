@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-unit test-matrix matrix-venvs bench fuzz lint dist clean
+.PHONY: demo airflow test test-unit test-matrix matrix-venvs bench fuzz lint dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/.pip
 
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
+
+# A local Airflow with the example DAGs, the simulator, the connection and the pool, on loopback:
+# prints the URL and the login; Ctrl-C stops it all. `make airflow PORT=0` picks a free port.
+airflow: $(VENV)/.installed
+	$(BIN)/python scripts/airflow_local.py $(if $(PORT),--port $(PORT))
 
 # Everything: the unit tier, then DAG runs, the API server and the deployment test.
 test: $(VENV)/.installed-test
