@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     sim = Care360Simulator(api_key="local-" + secrets.token_hex(8), rate_limit=30, rate_window=60).start()
+    # The simulator's throwaway key, for a person (or the browser test) adding a connection by hand.
+    key_file = home / "simulator-api-key"
+    key_file.write_text(sim.api_key)
+    key_file.chmod(0o600)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         env = {
@@ -147,10 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if not stop.is_set() else 0
         for dag_id in ON_DEMAND:
             _api(f"{url}/api/v2/dags/{dag_id}", token, "PATCH", {"is_paused": False})
+        # Port 0, which the hook ignores: Airflow 3.3.2's UI tests a connection without a port as
+        # port 0 and refuses it as "another destination" (fixed upstream, apache/airflow#73298); the
+        # CLI cannot store a 0, the REST API can.
+        _api(
+            f"{url}/api/v2/connections/care360_default?update_mask=port",
+            token,
+            "PATCH",
+            {"connection_id": "care360_default", "conn_type": "care360", "port": 0},
+        )
         print(f"\nAirflow is up: {url}", flush=True)
         print(f"  login: {USER} / {password}")
         print(f"  Care360 simulator: {sim.url} (connection care360_default)")
-        print(f"  its ledger: {sim.url}/_simulator/bookings")
+        print(f"  its ledger: {sim.url}/_simulator/bookings; its API key is in {key_file}")
         print(f"  example DAGs {', '.join(ON_DEMAND)} are unpaused: trigger them from the UI")
         print(f"  process logs: {logs}")
         print("Ctrl-C stops everything.", flush=True)

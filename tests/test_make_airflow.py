@@ -74,6 +74,15 @@ def test_make_airflow_serves_the_provider_and_stops_cleanly_on_ctrl_c(tmp_path: 
         connection = _call(f"{api}/api/v2/connections/care360_default", token)
         assert connection["conn_type"] == "care360" and connection["host"].startswith("http://127.0.0.1:")
         assert _call(f"{api}/api/v2/pools/care360", token)["slots"] == 4
+        # What the UI's Test button sends for the stored connection: its fields, the key masked.
+        ui_test = {"connection_id": "care360_default", "conn_type": "care360", "host": connection["host"]}
+        tested = _call(
+            f"{api}/api/v2/connections/test", token, "POST", {**ui_test, "port": 0, "password": "***"}
+        )
+        assert tested == {
+            "status": True,
+            "message": f"Connected to Care360 at {connection['host']}; the API key was accepted.",
+        }
 
         start = (datetime.now(UTC) + timedelta(days=3)).replace(hour=15, minute=0, second=0, microsecond=0)
         conf = {"start_time": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "email": "newcomer@example.com"}
