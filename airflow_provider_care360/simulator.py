@@ -7,25 +7,10 @@ Kept so ``from airflow_provider_care360.simulator import Care360Simulator, Fault
 
 import sys
 
-from airflow_provider_care360.testing import (
-    ADMIN,
-    ADMIN_TOKEN_HEADER,
-    FAULT_TARGETS,
-    MAX_REQUEST_BYTES,
-    Care360Simulator,
-    Fault,
-    main,
-)
+from airflow_provider_care360 import testing
+from airflow_provider_care360.testing import *  # noqa: F403
 
-__all__ = [
-    "ADMIN",
-    "ADMIN_TOKEN_HEADER",
-    "FAULT_TARGETS",
-    "MAX_REQUEST_BYTES",
-    "Care360Simulator",
-    "Fault",
-    "main",
-]
+__all__ = testing.__all__
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(testing.main())

@@ -577,32 +577,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- dispatch -------------------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
-        # Any other method (TRACE, CONNECT, BREW...) is routed too: a 405 on a known path, a 404
-        # elsewhere, instead of http.server's 501.
-        if name.startswith("do_") and name[3:].isascii() and name[3:].isalpha():
+        # http.server looks up do_<METHOD>: every method, GET and POST as much as TRACE or BREW,
+        # goes to _dispatch, which answers a method a path does not take with 405 and Allow.
+        if name.startswith("do_") and name[3:].isascii() and name[3:].isalpha() and name[3:].isupper():
             return lambda: self._dispatch(name[3:])
         raise AttributeError(name)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch("OPTIONS")
 
     def _dispatch(self, method: str) -> None:
         try:
