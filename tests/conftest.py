@@ -79,3 +79,69 @@ def simulator(api_key: str, monkeypatch: pytest.MonkeyPatch) -> Any:
         for name, value in sim.airflow_connection_env().items():
             monkeypatch.setenv(name, value)
         yield sim
+
+
+#: Where tests write what a person may want to look at afterwards (the browser tests' screenshots).
+TEST_OUTPUT = Path(
+    os.environ.get("CARE360_TEST_OUTPUT") or Path(__file__).resolve().parents[1] / "test-output"
+)
+
+#: Debian's chromium and chromium-driver packages; a browser is never downloaded at run time.
+CHROMIUM = os.environ.get("CARE360_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CARE360_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Any:
+    """A headless Chromium driven by Selenium, at a desktop size, with an English locale.
+
+    Skipped where Chromium or its driver is not installed (``apt-get install chromium
+    chromium-driver``), unless ``CARE360_BROWSER_TESTS=required`` (as in CI), where that fails.
+    """
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        message = "the browser tests need Debian's chromium and chromium-driver: " + ", ".join(missing)
+        if os.environ.get("CARE360_BROWSER_TESTS") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--lang=en-US",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(15)
+    try:
+        yield driver
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:  # what the page showed when the test failed
+            folder = TEST_OUTPUT / "screenshots" / request.node.name
+            folder.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(folder / "failed.png"))
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Path:
+    """A folder for this test's screenshots, under the test output folder; kept after the run."""
+    folder = TEST_OUTPUT / "screenshots" / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder

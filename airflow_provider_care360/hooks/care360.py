@@ -514,9 +514,8 @@ class Care360Hook(BaseHook):
             return False, f"Testing connection {self.care360_conn_id!r} failed ({type(exc).__name__})."
         base = self.settings.base_url
         if status == 401:
-            return False, (
-                f"Care360 at {base} rejected the API key of connection {self.care360_conn_id!r} (401)."
-            )
+            # No connection id here: the UI's Test runs under a throwaway one.
+            return False, f"Care360 at {base} rejected the API key (401): check the connection's API Key."
         if status == 429:
             return False, f"Care360 at {base} is rate limiting this key (429); try again shortly."
         if 200 <= status < 300 or status in (400, 422):

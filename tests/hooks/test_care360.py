@@ -255,7 +255,7 @@ def test_test_connection_reports_a_rejected_key(simulator: Any, monkeypatch: pyt
     set_conn(monkeypatch, host=simulator.url, password="bad-key-123")
     ok, message = Care360Hook().test_connection()
     assert not ok
-    assert "rejected the API key of connection 'care360_default'" in message
+    assert message.endswith("rejected the API key (401): check the connection's API Key.")
     assert "bad-key-123" not in message
 
 
