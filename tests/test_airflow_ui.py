@@ -2,7 +2,9 @@
 The connection form and Test Connection, as the real Airflow UI gets them.
 
 Airflow 3: a real ``airflow api-server`` on loopback (throwaway home), read through the same endpoints
-the UI calls. Airflow 2.11: the FAB connection form class the webserver renders.
+the UI calls (the browser tests of Airflow 3's UI run against `make airflow`, in test_make_airflow).
+Airflow 2.11: the FAB connection form class the webserver renders, and the form itself, in a real
+``airflow webserver`` and a headless Chromium.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +128,127 @@ def test_fab_connection_form_offers_the_same_fields() -> None:
     assert fields["extra__care360__environment"].default == "production"
     assert "extra__care360__timeout" in fields and "extra__care360__allow_insecure_http" in fields
     assert "care360" in dict(fields["conn_type"].choices)
+
+
+@pytest.fixture(scope="module")
+def webserver() -> Iterator[tuple[str, str, str]]:
+    """A real Airflow 2 webserver on loopback, with a FAB admin: ``(url, user, password)``."""
+    if AIRFLOW_V_3_0_PLUS:
+        pytest.skip("the FAB webserver is Airflow 2's; Airflow 3's UI is tested against make airflow")
+    import secrets
+
+    user, password, port = "admin", secrets.token_urlsafe(12), _free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW__WEBSERVER__WORKERS": "1",
+        "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_hex(16),
+    }
+    subprocess.run(
+        [airflow_cli(), "users", "create", "-u", user, "-p", password, "-r", "Admin"]
+        + ["-f", "Ada", "-l", "Admin", "-e", "admin@example.com"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        [airflow_cli(), "webserver", "--hostname", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                _request(url + "/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                    raise RuntimeError("the webserver did not start: " + err) from None
+                time.sleep(0.5)
+        yield url, user, password
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _alert(browser: Any) -> str:
+    """The text of the flash-style alert the Airflow 2 form shows, once it shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(b: Any) -> str | None:
+        return next(
+            (a.text for a in b.find_elements(By.CSS_SELECTOR, ".alert") if a.is_displayed() and a.text), None
+        )
+
+    return str(WebDriverWait(browser, 30).until(shown))
+
+
+def test_fab_connection_form_in_a_browser(
+    webserver: tuple[str, str, str], browser: Any, screenshots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    url, user, password = webserver
+    browser.get(url + "/login/")
+    browser.find_element(By.NAME, "username").send_keys(user)
+    browser.find_element(By.NAME, "password").send_keys(password + Keys.ENTER)
+    browser.find_element(By.LINK_TEXT, "Admin")
+    with Care360Simulator(api_key="fab-form-key-123") as sim:
+        browser.get(url + "/connection/add")
+        # The type through its select2 dropdown, as a person picks it.
+        browser.find_element(By.CSS_SELECTOR, ".select2-container").click()
+        search = browser.switch_to.active_element
+        search.send_keys("Care360")
+        search.send_keys(Keys.ENTER)
+        assert Select(browser.find_element(By.ID, "conn_type")).first_selected_option.text == "Care360"
+
+        def label(field_id: str) -> str:
+            return str(browser.find_element(By.CSS_SELECTOR, f"label[for='{field_id}']").text).strip(" *")
+
+        api_key = browser.find_element(By.ID, "password")
+        assert (label("password"), api_key.get_attribute("type")) == ("API Key", "password")
+        assert api_key.get_attribute("placeholder") == "the organisation's Care360 API key"
+        host = browser.find_element(By.ID, "host")
+        assert label("host") == "Base URL override" and "127.0.0.1:8360" in host.get_attribute("placeholder")
+        environment = browser.find_element(By.ID, "extra__care360__environment")
+        assert label("extra__care360__environment") == "Environment"
+        assert environment.get_attribute("value") == "production"  # Airflow 2's form has no dropdown
+        assert "One of: production, staging." in environment.find_element(By.XPATH, "..").text
+        assert label("extra__care360__timeout") == "Timeout (seconds)"
+        for hidden in ("schema", "login", "port"):
+            assert not browser.find_element(By.ID, hidden).is_displayed(), hidden
+
+        browser.find_element(By.ID, "conn_id").send_keys("care360_browser")
+        host.send_keys(sim.url)
+        api_key.send_keys(sim.api_key)
+        browser.save_screenshot(str(screenshots / "connection-form.png"))
+        browser.find_element(By.ID, "test-connection").click()
+        assert _alert(browser) == f"Connected to Care360 at {sim.url}; the API key was accepted."
+        browser.find_element(By.XPATH, "//form[@id='model_form']//button[@type='submit']").click()
+        browser.find_element(By.XPATH, "//*[contains(@class, 'alert')][contains(., 'Added Row')]")
+
+        # Reopened for editing (the page loads on a Care360 connection), with a wrong key.
+        browser.get(url + "/connection/list/")
+        browser.find_element(
+            By.XPATH, "//tr[.//td[normalize-space()='care360_browser']]//a[contains(@href, '/edit/')]"
+        ).click()
+        key = browser.find_element(By.ID, "password")
+        key.clear()
+        key.send_keys("not-the-key")
+        browser.find_element(By.ID, "test-connection").click()
+        failure = _alert(browser)
+        assert failure == f"Care360 at {sim.url} rejected the API key (401): check the connection's API Key."
+        browser.save_screenshot(str(screenshots / "test-failed.png"))
+        assert sim.bookings == []

@@ -223,7 +223,14 @@ class Care360Hook(BaseHook):
 
         [conn_type] = get_provider_info()["connection-types"]
         declared = conn_type["ui-field-behaviour"]
-        return {key.replace("-", "_"): value for key, value in declared.items()}
+        behaviour = {key.replace("-", "_"): value for key, value in declared.items()}
+        if not version_compat.AIRFLOW_V_3_0_PLUS:
+            # Airflow 2's form creates the editor its Test button saves only for an Extra field
+            # shown when the page loads; hidden, Test fails in the browser ("Cannot convert undefined
+            # or null to object") whenever the page opens on a Care360 connection: editing one, or
+            # adding one where Care360 is the first type in the list.
+            behaviour["hidden_fields"] = [name for name in behaviour["hidden_fields"] if name != "extra"]
+        return behaviour
 
     # -- connection ---------------------------------------------------------------------------
 
