@@ -236,6 +236,8 @@ def test_fab_connection_form_in_a_browser(
         browser.save_screenshot(str(screenshots / "connection-form.png"))
         browser.find_element(By.ID, "test-connection").click()
         assert _alert(browser) == f"Connected to Care360 at {sim.url}; the API key was accepted."
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(screenshots / "test-succeeded.png"))
         browser.find_element(By.XPATH, "//form[@id='model_form']//button[@type='submit']").click()
         browser.find_element(By.XPATH, "//*[contains(@class, 'alert')][contains(., 'Added Row')]")
 
@@ -250,5 +252,6 @@ def test_fab_connection_form_in_a_browser(
         browser.find_element(By.ID, "test-connection").click()
         failure = _alert(browser)
         assert failure == f"Care360 at {sim.url} rejected the API key (401): check the connection's API Key."
+        browser.execute_script("window.scrollTo(0, 0)")  # the alert shows above the form
         browser.save_screenshot(str(screenshots / "test-failed.png"))
         assert sim.bookings == []
