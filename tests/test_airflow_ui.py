@@ -9,11 +9,13 @@ Airflow 2.11: the FAB connection form class the webserver renders, and the form 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,44 +49,54 @@ def _request(url: str, body: Any = None) -> Any:
         return json.loads(response.read())
 
 
+@contextlib.contextmanager
+def _serving(args: list[str], env: dict[str, str], health: str, timeout: float) -> Iterator[str]:
+    """Run ``airflow <args> --port <free port>`` on loopback until ``health`` answers; stop its group."""
+    port = _free_port()
+    with tempfile.TemporaryFile() as out:  # a file, not a pipe: a chatty server never blocks on it
+        proc = subprocess.Popen(
+            [airflow_cli(), *args, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    _request(url + health)
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        out.seek(0)
+                        output = out.read().decode(errors="replace")[-2000:]
+                        raise RuntimeError(f"airflow {args[0]} did not start: {output}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
-def api_server() -> Iterator[str]:
+def api_server(airflow_db: Path) -> Iterator[str]:
     if not AIRFLOW_V_3_0_PLUS:
         pytest.skip("the API server is Airflow 3's; Airflow 2 is covered by the FAB form test")
-    port = _free_port()
     env = {
         **os.environ,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__API__WORKERS": "1",
     }
-    proc = subprocess.Popen(
-        [airflow_cli(), "api-server", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                _request(url + "/api/v2/monitor/health")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                    raise RuntimeError("the API server did not start: " + err) from None
-                time.sleep(0.5)
+    with _serving(["api-server", "--host", "127.0.0.1"], env, "/api/v2/monitor/health", 120) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_ui_hook_metadata_has_the_care360_form(api_server: str) -> None:
@@ -131,13 +143,13 @@ def test_fab_connection_form_offers_the_same_fields() -> None:
 
 
 @pytest.fixture(scope="module")
-def webserver() -> Iterator[tuple[str, str, str]]:
+def webserver(airflow_db: Path) -> Iterator[tuple[str, str, str]]:
     """A real Airflow 2 webserver on loopback, with a FAB admin: ``(url, user, password)``."""
     if AIRFLOW_V_3_0_PLUS:
         pytest.skip("the FAB webserver is Airflow 2's; Airflow 3's UI is tested against make airflow")
     import secrets
 
-    user, password, port = "admin", secrets.token_urlsafe(12), _free_port()
+    user, password = "admin", secrets.token_urlsafe(12)
     env = {
         **os.environ,
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
@@ -151,33 +163,8 @@ def webserver() -> Iterator[tuple[str, str, str]]:
         check=True,
         capture_output=True,
     )
-    proc = subprocess.Popen(
-        [airflow_cli(), "webserver", "--hostname", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                _request(url + "/health")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                    raise RuntimeError("the webserver did not start: " + err) from None
-                time.sleep(0.5)
+    with _serving(["webserver", "--hostname", "127.0.0.1"], env, "/health", 180) as url:
         yield url, user, password
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _alert(browser: Any) -> str:
