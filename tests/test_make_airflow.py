@@ -9,6 +9,7 @@ stops it with Ctrl-C and checks that nothing is left; the fixture stops it whate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,15 +69,19 @@ class LocalAirflow:
             return list(json.loads(answer.read()))
 
     def ctrl_c(self) -> int:
-        """Send what Ctrl-C sends and wait for the exit; SIGKILL the group if it hangs."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=90)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        return _ctrl_c(self.proc)
+
+
+def _ctrl_c(proc: subprocess.Popen[bytes]) -> int:
+    """Send what Ctrl-C sends and wait for the exit; SIGKILL the group if it hangs."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,7 @@ def local_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAir
             start_new_session=True,
             cwd=ROOT,
         )
+    children: list[Any] = []
     try:
         deadline = time.monotonic() + 300
         while "Ctrl-C stops everything." not in (text := log.read_text()):
@@ -108,6 +114,7 @@ def local_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAir
         ledger = re.search(r"its ledger: (http://127\.0\.0\.1:\d+/_simulator/bookings);", text)
         key_file = re.search(r"its API key is in (\S+)", text)
         assert url and login and simulator and ledger and key_file, text
+        children = psutil.Process(proc.pid).children(recursive=True)
         yield LocalAirflow(
             proc=proc,
             log=log,
@@ -117,12 +124,15 @@ def local_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAir
             simulator=simulator[1],
             ledger=ledger[1],
             api_key=Path(key_file[1]).read_text().strip(),
-            children=psutil.Process(proc.pid).children(recursive=True),
+            children=children,
         )
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # After a failed test too: Ctrl-C first, so the launcher stops the Airflow processes it
+        # started in their own process groups; then whatever is left of them, by PID.
+        _ctrl_c(proc)
+        for child in psutil.wait_procs(children, timeout=10)[1]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def test_make_airflow_serves_the_connection_the_pool_and_a_booking(local_airflow: LocalAirflow) -> None:
