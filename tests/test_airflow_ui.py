@@ -191,9 +191,10 @@ def test_fab_connection_form_in_a_browser(
     browser.get(url + "/login/")
     browser.find_element(By.NAME, "username").send_keys(user)
     browser.find_element(By.NAME, "password").send_keys(password + Keys.ENTER)
-    browser.find_element(By.LINK_TEXT, "Admin")
     with Care360Simulator(api_key="fab-form-key-123") as sim:
-        browser.get(url + "/connection/add")
+        browser.find_element(By.LINK_TEXT, "Admin").click()
+        browser.find_element(By.LINK_TEXT, "Connections").click()
+        browser.find_element(By.CSS_SELECTOR, "a[href*='/connection/add']").click()
         # The type through its select2 dropdown, as a person picks it.
         browser.find_element(By.CSS_SELECTOR, ".select2-container").click()
         search = browser.switch_to.active_element

@@ -176,7 +176,7 @@ def _log_in(browser: Any, local_airflow: LocalAirflow) -> None:
     browser.get(local_airflow.url)
     browser.find_element(By.NAME, "username").send_keys(local_airflow.user)
     browser.find_element(By.NAME, "password").send_keys(local_airflow.password + Keys.ENTER)
-    browser.find_element(By.XPATH, "//a[@aria-label='Admin'] | //button[normalize-space()='Admin']")
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Admin']")  # logged in: the navigation shows
 
 
 def _wait(browser: Any, condition: Any, timeout: float = 30) -> Any:
@@ -227,8 +227,9 @@ def test_connection_form_in_a_browser(local_airflow: LocalAirflow, browser: Any,
     from selenium.webdriver.common.keys import Keys
 
     _log_in(browser, local_airflow)
-    browser.get(f"{local_airflow.url}/connections")
-    browser.find_element(By.XPATH, "//button[contains(., 'Add Connection')]").click()
+    _click(browser, browser.find_element(By.CSS_SELECTOR, "button[aria-label='Admin']"))
+    _click(browser, browser.find_element(By.XPATH, "//*[@role='menuitem'][normalize-space()='Connections']"))
+    _click(browser, browser.find_element(By.XPATH, "//button[contains(., 'Add Connection')]"))
     browser.find_element(By.NAME, "connection_id").send_keys("care360_browser")
     kind = browser.find_element(By.CSS_SELECTOR, "[role=dialog] [role=combobox]")
     kind.click()
