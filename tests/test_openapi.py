@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 import jsonschema
 import pytest
+import requests
 
 from airflow_provider_care360.hooks.care360 import Care360Hook
-from airflow_provider_care360.testing import OPENAPI_PATH, openapi_document
+from airflow_provider_care360.testing import OPENAPI_PATH, Care360Simulator, openapi_document
 from support import next_slot
 
 DOCUMENT = openapi_document()
+PATH = "/api/v1/calendar/appointments"
 
 
 def _json_schema(node: Any) -> Any:
@@ -121,3 +124,31 @@ def validator_for(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
+
+
+def test_the_simulators_lookup_and_quota_answers_match_the_document() -> None:
+    # Statuses the vendor leaves open and createdAt are in the Appointment schema; the quota's 429
+    # sends only headers the document names.
+    with Care360Simulator(api_key="k", quota=1, quota_window=600) as sim:
+        headers = {"cv-api-key": "k", "Content-Type": "application/json"}
+        body = {
+            "eventTypeId": "e",
+            "startTime": next_slot(days=2).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "email": "a@example.com",
+            "timezone": "UTC",
+            "location": "zoom_conference",
+        }
+        assert requests.post(sim.url + PATH, json=body, headers=headers, timeout=10).status_code == 200
+        sim.add_appointment(email="a@example.com", start=next_slot(days=3), status="PENDING", is_deleted=True)
+        refused = requests.post(sim.url + PATH, json=body, headers=headers, timeout=10)
+        answer = requests.get(
+            sim.url + PATH, params={"user_email": "a@example.com"}, headers=headers, timeout=10
+        )
+    assert [e.message for e in validator("AppointmentList").iter_errors(answer.json())] == []
+    assert [a["status"] for a in answer.json()["data"]] == ["CONFIRMED", "PENDING"]
+    for appointment in answer.json()["data"]:
+        assert set(appointment) >= set(DOCUMENT["components"]["schemas"]["Appointment"]["properties"])
+        datetime.fromisoformat(appointment["createdAt"])  # a real instant (format is not checked)
+    documented = DOCUMENT["paths"][PATH]["post"]["responses"]["429"]["headers"]
+    sent = {name for name in refused.headers if name.lower().startswith(("x-ratelimit", "retry-after"))}
+    assert refused.status_code == 429 and sent == set(documented) - {"Retry-After"}

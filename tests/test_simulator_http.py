@@ -11,12 +11,15 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 
-from airflow_provider_care360.testing import ADMIN_TOKEN_HEADER, Care360Simulator, Fault, main
+from airflow_provider_care360.testing import ADMIN_TOKEN_HEADER, Care360Simulator, Fault, main, server
 from support import iso, next_slot
 
 KEY = "k-http"
@@ -140,6 +143,87 @@ def test_a_10_mb_body_is_413_before_it_is_read(sim: Care360Simulator) -> None:
     assert status == 413
     envelope(body, 413)
     assert headers["connection"] == "close"
+
+
+TEN_MB = b"x" * 10_000_000
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_still_sending_10_mb_reads_the_413_instead_of_a_broken_pipe(
+    sim: Care360Simulator, framing: str
+) -> None:
+    # A generator makes requests send it chunked; bytes go out with Content-Length.
+    chunks = (TEN_MB[i : i + 65536] for i in range(0, len(TEN_MB), 65536))
+    data: Any = TEN_MB if framing == "content-length" else chunks
+    answer = requests.post(sim.url + PATH, data=data, headers=JSON_KEY, timeout=30)
+    assert answer.status_code == 413 and answer.headers["Connection"] == "close"
+    envelope(answer.json(), 413)
+    assert "1048576 bytes" in answer.json()["error"]
+    assert requests.get(sim.url + "/_simulator/health", timeout=10).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_that_sends_the_whole_10_mb_before_reading_gets_the_413(
+    sim: Care360Simulator, framing: str
+) -> None:
+    # requests (urllib3 2) reads the answer after a broken pipe and often gets it anyway; a client
+    # that writes everything first (http.client, urllib, most tools) gets EPIPE unless the server
+    # drains what it refused before closing.
+    if framing == "content-length":
+        raw = request("POST", PATH, TEN_MB, JSON_KEY)
+    else:
+        body = b"".join(b"10000\r\n" + TEN_MB[i : i + 65536] + b"\r\n" for i in range(0, 65536 * 152, 65536))
+        raw = request(
+            "POST", PATH, body + b"0\r\n\r\n", {**JSON_KEY, "Transfer-Encoding": "chunked"}, length=False
+        )
+    status, headers, body_ = exchange(sim, raw, timeout=30)
+    assert status == 413 and headers["connection"] == "close"
+    envelope(body_, 413)
+    if framing == "content-length":  # and the standard library's own client, the same way
+        post = urllib.request.Request(sim.url + PATH, data=TEN_MB, headers=JSON_KEY, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(post, timeout=30)
+        assert refused.value.code == 413
+        envelope(json.loads(refused.value.read()), 413)
+
+
+def _refused_413(sim: Care360Simulator) -> socket.socket:
+    """A connection that announced 10 MB and sent a little: read its 413 up to the server's FIN."""
+    conn = socket.create_connection(("127.0.0.1", sim.port), timeout=30)
+    conn.sendall(request("POST", PATH, None, {**JSON_KEY, "Content-Length": str(10_000_000)}) + b"x" * 1000)
+    data = b""
+    while chunk := conn.recv(65536):  # the answer, then the server's FIN (it still reads)
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in data
+    return conn
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the server has closed its end: a write to a closed socket is answered with a reset."""
+    try:
+        for _ in range(3):
+            conn.send(b"x")
+            time.sleep(0.05)
+    except OSError:
+        return True
+    return False
+
+
+def test_draining_a_refused_body_stops_after_a_second_without_data(sim: Care360Simulator) -> None:
+    with _refused_413(sim) as conn:
+        assert not _closed(conn)  # still draining what the client sends
+        time.sleep(2.5)  # idle: over one second
+        assert _closed(conn)
+
+
+def test_draining_a_refused_body_stops_after_drain_seconds(
+    sim: Care360Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "DRAIN_SECONDS", 0.5)
+    with _refused_413(sim) as conn:
+        deadline = time.monotonic() + 10  # a client that never stops sending is cut off
+        while not _closed(conn):
+            assert time.monotonic() < deadline, "the server drained for too long"
 
 
 def test_a_chunked_body_books_and_an_oversized_one_is_413(sim: Care360Simulator) -> None:

@@ -40,6 +40,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < 1e9:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds of at least 0")
+    return value
+
+
 def _zone(text: str) -> str:
     try:
         ZoneInfo(text)
@@ -67,6 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rate-window", type=_seconds, default=60.0, help="rate-limit window in seconds (> 0)"
+    )
+    parser.add_argument(
+        "--quota",
+        type=_count,
+        default=None,
+        help="bookings per quota window, a second tier (past it: a 429 with X-RateLimit-* only)",
+    )
+    parser.add_argument(
+        "--quota-window", type=_seconds, default=86400.0, help="quota window in seconds (default a day)"
+    )
+    parser.add_argument(
+        "--latency", type=_delay, default=0.0, help="seconds each API request waits before its answer"
+    )
+    parser.add_argument(
+        "--booking-latency", type=_delay, default=None, help="the booking's latency (default: --latency)"
+    )
+    parser.add_argument(
+        "--lookup-latency", type=_delay, default=None, help="the lookup's latency (default: --latency)"
+    )
+    parser.add_argument(
+        "--lookup-lag",
+        type=_delay,
+        default=0.0,
+        help="seconds before a booking shows in Fetch Appointments (default 0)",
     )
     parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
     parser.add_argument("--rate-limit-headers", action="store_true", help="send X-RateLimit-* headers")
@@ -111,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         event_types=set(args.event_types) if args.event_types else None,
         host_timezone=args.host_timezone,
         admin_token=args.admin_token,
+        quota=args.quota,
+        quota_window=args.quota_window,
+        latency=args.latency,
+        booking_latency=args.booking_latency,
+        lookup_latency=args.lookup_latency,
+        lookup_lag=args.lookup_lag,
     ).start()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +27,15 @@ class Fault:
     :param delay: seconds to wait before answering (longer than the client's read timeout makes a
         read timeout).
     :param apply: record the booking in the ledger (before the delay or reset), as if the server
-        did the work and only the answer went wrong.
+        did the work and only the answer went wrong. The slot is taken even if it was already.
+    :param apply_after: seconds after the request arrived at which the booking enters the ledger, by
+        a background timer, whatever the answer is and whenever it goes out (at once, after
+        ``delay``, or a ``reset``): a backend that keeps working after its gateway answered (502,
+        503, 504) or after the client gave up. ``0`` applies it at once, before answering. The body
+        is checked against the booking rules when the request arrives (an invalid one is never
+        applied) and the one-on-one slot when it is applied (a slot booked in the meantime makes
+        the late application a no-op, as the backend's own 400 would). ``None`` (default): not
+        applied, unless ``apply``. Only for ``target="booking"``; not together with ``apply``.
     :param reset: close the connection with a TCP reset instead of answering.
     :param passthrough: answer by the contract after all; a place-holder that lets one request
         through in a queued sequence (e.g. the first lookup passes, the second fails).
@@ -43,10 +52,21 @@ class Fault:
     reset: bool = False
     passthrough: bool = False
     target: str = "booking"
+    apply_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.target not in FAULT_TARGETS:
             raise ValueError(f"target must be one of {', '.join(FAULT_TARGETS)}, got {self.target!r}")
+        after = self.apply_after
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, (int, float)) or not math.isfinite(after):
+                raise ValueError(f"apply_after must be a number of seconds or None, got {after!r}")
+            if after < 0:
+                raise ValueError(f"apply_after must not be negative, got {after!r}")
+            if self.apply:
+                raise ValueError("apply and apply_after are exclusive (apply: at once, slot forced)")
+            if self.target != "booking":
+                raise ValueError(f"apply_after books: target must be 'booking', not {self.target!r}")
 
 
 class FaultQueue:

@@ -28,8 +28,10 @@ def care360_simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Care360Simula
 
     It listens on a free loopback port with a fresh API key; ``AIRFLOW_CONN_CARE360_DEFAULT`` is set
     for the test and removed after it, and the simulator is stopped. Change its behaviour through
-    its attributes (``rate_limit``, ``one_on_one``, ...) or :meth:`Care360Simulator.inject`, and
-    check ``bookings``, ``appointments`` and ``requests`` afterwards.
+    its attributes (``rate_limit``, ``quota``, ``one_on_one``, ``lookup_lag``, ``latency``, ...) or
+    :meth:`Care360Simulator.inject` (``Fault(504, apply_after=2)`` for a backend that books after its
+    gateway answered), and check ``bookings``, ``appointments`` and ``requests`` afterwards
+    (:meth:`Care360Simulator.wait_pending` waits for late applications).
     """
     with Care360Simulator(api_key="care360-test-" + secrets.token_hex(8)) as simulator:
         for name, value in simulator.airflow_connection_env().items():

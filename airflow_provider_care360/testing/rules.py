@@ -7,6 +7,7 @@ code on purpose: a test oracle that shared validation with what it tests would p
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,8 +22,10 @@ __all__ = [
     "booking_problem",
     "cancel_problem",
     "check_options",
+    "check_seconds",
     "envelope",
     "lookup_answer",
+    "timestamp",
     "utc",
 ]
 
@@ -58,16 +61,38 @@ def check_options(
     rate_window: Any,
     lookup_rate_limit: Any,
     lookup_rate_window: Any,
+    quota: Any = None,
+    quota_window: Any = 86400.0,
 ) -> None:
     """Refuse settings the simulator cannot serve with (a 0-minute slot divides by zero)."""
     if isinstance(slot_minutes, bool) or not isinstance(slot_minutes, int) or not 1 <= slot_minutes <= 1440:
         raise ValueError(f"slot_minutes must be a whole number from 1 to 1440, got {slot_minutes!r}")
-    for name, limit in (("rate_limit", rate_limit), ("lookup_rate_limit", lookup_rate_limit)):
+    limits = (("rate_limit", rate_limit), ("lookup_rate_limit", lookup_rate_limit), ("quota", quota))
+    for name, limit in limits:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"{name} must be a whole number of at least 0, or None, got {limit!r}")
-    for name, window in (("rate_window", rate_window), ("lookup_rate_window", lookup_rate_window)):
+    windows = (
+        ("rate_window", rate_window),
+        ("lookup_rate_window", lookup_rate_window),
+        ("quota_window", quota_window),
+    )
+    for name, window in windows:
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1e9:
             raise ValueError(f"{name} must be a number of seconds above 0, got {window!r}")
+
+
+def check_seconds(name: str, value: Any, *, optional: bool = False) -> None:
+    """Refuse a duration that is not a finite number of seconds of at least 0 (``None`` if ``optional``)."""
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value < 1e9
+    ):
+        allowed = ", or None" if optional else ""
+        raise ValueError(f"{name} must be a number of seconds of at least 0{allowed}, got {value!r}")
 
 
 def booking_problem(
@@ -218,17 +243,28 @@ def utc(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def timestamp(value: datetime) -> str:
+    """An instant with milliseconds, as the API writes ``createdAt``: ``2026-12-01T15:00:00.123Z``."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
 def millis(value: str) -> str:
     """``2026-12-01T15:00:00Z`` -> ``2026-12-01T15:00:00.000Z``, as the API writes instants."""
     return value.removesuffix("Z") + ".000Z"
 
 
 def appointment_view(item: dict[str, Any]) -> dict[str, Any]:
-    """A ledger entry as Fetch Appointments shows it: no event type, no email, no tracking."""
+    """
+    A ledger entry as Fetch Appointments shows it: no event type, no email, no tracking.
+
+    ``status`` and ``isDeleted`` are the entry's own (``CONFIRMED`` and ``false`` unless it was
+    pre-loaded with others); ``createdAt`` is when it entered the ledger.
+    """
     return {
         "id": item["id"],
         "createdAt": item["bookedAt"],
-        "updatedAt": item["bookedAt"],
+        "updatedAt": item.get("updatedAt", item["bookedAt"]),
         "title": "Appointment",
         "start": millis(item["slot"]),
         "end": millis(item["end"]),
@@ -238,8 +274,8 @@ def appointment_view(item: dict[str, Any]) -> dict[str, Any]:
         "isEditable": True,
         "agentEventId": item["id"],
         "agentName": "Simulated provider",
-        "status": "CONFIRMED",
-        "isDeleted": False,
+        "status": item.get("status", "CONFIRMED"),
+        "isDeleted": item.get("isDeleted", False),
         "meetingDetails": {},
         "case": {"id": "case-" + item["id"][:8]},
     }

@@ -16,7 +16,8 @@ or from a shell: ``python -m airflow_provider_care360.testing --port 8360 --api-
 What it implements (sections 1 and 2a of the contract):
 
 * ``POST /api/v1/calendar/appointments``: 401 for a missing or wrong ``cv-api-key``; 429 past the
-  configured rate limit (with ``Retry-After`` and, optionally, ``X-RateLimit-*`` headers); 400 with
+  configured rate limit (with ``Retry-After`` and, optionally, ``X-RateLimit-*`` headers) or past the
+  longer ``quota`` (with only ``X-RateLimit-Limit/-Remaining/-Reset``, as Calendly); 400 with
   the documented body for an invalid body or a start time that is not a bookable slot (in the
   future, on a ``slot_minutes`` boundary, not already taken for that event type); 200 otherwise,
   recording the booking in the ledger.
@@ -24,7 +25,9 @@ What it implements (sections 1 and 2a of the contract):
   400 for a query without ``user_email`` or with a bad date range; the documented "not found" 404
   for an email it has never seen; otherwise 200 with the appointments of the ledger (and those
   pre-loaded with :meth:`Care360Simulator.add_appointment`) that match, are not cancelled and have
-  not ended, sorted by end time, ``start`` and ``end`` written with milliseconds (``...:00.000Z``).
+  not ended, sorted by end time, ``start`` and ``end`` written with milliseconds (``...:00.000Z``),
+  ``createdAt`` the instant the appointment entered the ledger (milliseconds, strictly increasing), a
+  booking only ``lookup_lag`` seconds after it did.
 * ``POST /api/v1/calendar/appointments/cancel`` (section 2b): 401; 429; 400 for a body without
   ``email`` and ``appointmentId`` or one that names no active appointment of that email; 200, and the
   appointment leaves lookups and frees its slot.
@@ -32,15 +35,22 @@ What it implements (sections 1 and 2a of the contract):
   429; 400 (``provider_states`` missing, or ``start_time``/``end_time`` without ``event_type_id``);
   200 with an empty ``data`` list.
 
+Every API request waits ``latency`` seconds (``booking_latency``, ``lookup_latency``) before it is
+answered, on its own connection's thread: other connections keep being served meanwhile.
+
 Every request gets a JSON answer in the documented envelope, whatever its framing: 400 for framing
 it cannot read, 413 for a body over ``MAX_REQUEST_BYTES`` (chunked bodies are read too), 405 with
-``Allow`` for any other method on a known path, a JSON 404 elsewhere.
+``Allow`` for any other method on a known path, a JSON 404 elsewhere. A body it refuses is not read
+into memory: the answer goes out with ``Connection: close`` and the rest of the body is read and
+dropped (for at most ``DRAIN_SECONDS`` and ``DRAIN_MAX_BYTES``) before the connection is closed, so
+a client still sending it reads the answer instead of a broken pipe.
 
 Admin endpoints (no API key): ``GET /_simulator/bookings``, ``GET /_simulator/requests``,
 ``GET /_simulator/health``, ``POST /_simulator/reset``, ``POST /_simulator/faults`` (a fault object or
-a list of them, see :class:`Fault`), ``POST /_simulator/appointments`` (``email``, ``start``: pre-load
-one). They answer loopback clients only, or, when an admin token is configured, any client sending it
-in ``X-Simulator-Admin-Token`` and nobody else. Recorded requests never keep the ``cv-api-key`` value.
+a list of them, see :class:`Fault`), ``POST /_simulator/appointments`` (``email``, ``start`` and,
+optionally, ``event_type_id``, ``duration_minutes``, ``status``, ``isDeleted``: pre-load one). They
+answer loopback clients only, or, when an admin token is configured, any client sending it in
+``X-Simulator-Admin-Token`` and nobody else. Recorded requests never keep the ``cv-api-key`` value.
 """
 
 from __future__ import annotations
@@ -65,21 +75,25 @@ from zoneinfo import ZoneInfo
 from airflow_provider_care360._contract import APPOINTMENTS_PATH as APPOINTMENTS
 from airflow_provider_care360._contract import AVAILABILITY_PATH as AVAILABILITY
 from airflow_provider_care360.testing.faults import Fault, FaultQueue
-from airflow_provider_care360.testing.ratelimit import RateLimiter
+from airflow_provider_care360.testing.ratelimit import RateLimiter, Tier
 from airflow_provider_care360.testing.rules import (
     DOCUMENTED,
     availability_answer,
     booking_problem,
     cancel_problem,
     check_options,
+    check_seconds,
     envelope,
     lookup_answer,
+    timestamp,
     utc,
 )
 
 __all__ = [
     "ADMIN",
     "ADMIN_TOKEN_HEADER",
+    "DRAIN_MAX_BYTES",
+    "DRAIN_SECONDS",
     "MAX_REQUEST_BYTES",
     "OPENAPI_PATH",
     "Care360Simulator",
@@ -106,6 +120,11 @@ CANCEL = APPOINTMENTS + "/cancel"
 #: One copy of the vendor's docs gives the availability endpoint this path; the simulator serves both.
 AVAILABILITY_ALIAS = "/api/v1/provider-availability"
 MAX_REQUEST_BYTES = 1 << 20
+#: After refusing a body (413, bad framing), read and drop at most this many more bytes of it ...
+DRAIN_MAX_BYTES = 64 << 20
+#: ... for at most this many seconds (and one second without data), then close the connection.
+DRAIN_SECONDS = 5.0
+_DRAIN_IDLE_SECONDS = 1.0
 
 
 class Care360Simulator:
@@ -129,9 +148,25 @@ class Care360Simulator:
         midnight), whatever offset a client writes its start time in. Default UTC.
     :param admin_token: when set, the ``/_simulator`` admin endpoints answer any client that sends it
         in ``X-Simulator-Admin-Token``, and nobody else; when not, they answer loopback clients only.
+    :param quota: a second, longer tier of the booking limit: bookings allowed per ``quota_window``
+        seconds (as Calendly's 100 invitees a day: ``quota=100, quota_window=86400``); ``None`` for
+        none. Past it a booking is a 429 with only ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``
+        (0) and ``X-RateLimit-Reset`` (seconds until the quota window ends), never ``Retry-After``.
+        A booking refused by either tier (``rate_limit`` or ``quota``) counts against neither; when
+        both refuse, the quota answers (its wait is the one that matters).
+    :param quota_window: length of the quota's fixed window, in seconds (default a day).
+    :param lookup_lag: seconds after a booking enters the ledger before Fetch Appointments shows it
+        (until then the lookup answers as if it were not there: a 404 for an invitee with nothing
+        else); it takes its slot at once. Pre-loaded appointments show at once. Default 0.
+    :param latency: seconds every API request (booking, lookup, cancel, availability; not the admin
+        endpoints) waits before it is answered. The request takes effect when it arrives; only its
+        answer is late. Each connection has its own thread, so other requests are served meanwhile.
+    :param booking_latency: the booking's latency instead of ``latency``; ``None`` to use ``latency``.
+    :param lookup_latency: the lookup's latency instead of ``latency``; ``None`` to use ``latency``.
 
-    The cancel endpoint shares the booking's rate-limit numbers and availability the lookup's, each
-    with its own window.
+    The cancel endpoint shares the booking's rate-limit numbers (not its quota) and availability the
+    lookup's, each with its own window. Every one of these settings is also an attribute of the same
+    name that a test can change while the simulator runs.
     """
 
     def __init__(
@@ -151,6 +186,12 @@ class Care360Simulator:
         lookup_rate_window: float = 60.0,
         host_timezone: str = "UTC",
         admin_token: str | None = None,
+        quota: int | None = None,
+        quota_window: float = 86400.0,
+        lookup_lag: float = 0.0,
+        latency: float = 0.0,
+        booking_latency: float | None = None,
+        lookup_latency: float | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -160,7 +201,13 @@ class Care360Simulator:
             rate_window=rate_window,
             lookup_rate_limit=lookup_rate_limit,
             lookup_rate_window=lookup_rate_window,
+            quota=quota,
+            quota_window=quota_window,
         )
+        check_seconds("lookup_lag", lookup_lag)
+        check_seconds("latency", latency)
+        check_seconds("booking_latency", booking_latency, optional=True)
+        check_seconds("lookup_latency", lookup_latency, optional=True)
         try:
             self._zone = ZoneInfo(host_timezone)
         except Exception:
@@ -179,10 +226,24 @@ class Care360Simulator:
         self.one_on_one = one_on_one
         self.lookup_rate_limit = lookup_rate_limit
         self.lookup_rate_window = lookup_rate_window
+        self.quota = quota
+        self.quota_window = quota_window
+        self.lookup_lag = lookup_lag
+        self.latency = latency
+        self.booking_latency = booking_latency
+        self.lookup_latency = lookup_latency
         self._lock = threading.Lock()
+        # Notified when a late application (Fault.apply_after) is done; shares the ledger's lock.
+        self._settled = threading.Condition(self._lock)
         # Every appointment: booked through the API ("source": "api") or pre-loaded ("preloaded").
         self._bookings: list[dict[str, Any]] = []
         self._taken: set[tuple[str, str]] = set()
+        # When (time.monotonic()) each booking entered the ledger, for lookup_lag.
+        self._entered: dict[str, float] = {}
+        self._last_created: datetime | None = None
+        # Late applications not yet done, and a count that reset() bumps so none outlives it.
+        self._pending: set[threading.Timer] = set()
+        self._generation = 0
         self._requests: list[dict[str, Any]] = []
         self._faults = FaultQueue()
         self._limits = RateLimiter()
@@ -206,10 +267,11 @@ class Care360Simulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Stop serving and close the listening socket; late applications still pending are dropped."""
         server, self._server = self._server, None
         if server is None:
             return
+        self._drop_pending()
         server.shutdown()
         server.server_close()
         if self._thread is not None:
@@ -262,13 +324,26 @@ class Care360Simulator:
         start: str | datetime,
         event_type_id: str = "preloaded",
         duration_minutes: int | None = None,
+        status: str = "CONFIRMED",
+        is_deleted: bool = False,
     ) -> dict[str, Any]:
         """
         Pre-load an appointment, as if it were booked elsewhere (another tool, a person).
 
-        It shows in lookups for ``email`` and takes its slot, but is not one of :attr:`bookings`.
+        It shows in lookups for ``email`` at once (``lookup_lag`` does not apply) and takes its slot,
+        whatever its status, but is not one of :attr:`bookings`.
+
+        :param status: the ``status`` its lookup element carries (Care360 documents ``CONFIRMED`` and
+            leaves the others open: ``CANCELLED``, ``PENDING``, anything); it is returned by lookups
+            whatever it is, for the client to decide what it means.
+        :param is_deleted: the ``isDeleted`` its lookup element carries; returned by lookups all the
+            same (the API says it leaves deleted ones out; a test can check a client that doubts it).
         :return: the stored appointment (with its ``id``).
         """
+        if not isinstance(status, str) or not status:
+            raise ValueError(f"status must be a non-empty string, got {status!r}")
+        if not isinstance(is_deleted, bool):
+            raise ValueError(f"is_deleted must be true or false, got {is_deleted!r}")
         begin = datetime.fromisoformat(start) if isinstance(start, str) else start
         if begin.tzinfo is None:
             raise ValueError("start must be aware (give an offset or Z)")
@@ -277,6 +352,8 @@ class Care360Simulator:
             source="preloaded",
             force=True,
             duration=duration_minutes,
+            status=status,
+            is_deleted=is_deleted,
         )
 
     def cancel_appointment(self, appointment_id: str) -> bool:
@@ -291,7 +368,13 @@ class Care360Simulator:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """A copy of every API request received (method, path, query, headers, body, status, at)."""
+        """
+        A copy of every API request received (method, path, query, headers, body, status, at).
+
+        A request answered by a fault also has ``fault``; one with ``apply_after`` has ``applied``:
+        ``None`` while its late application is pending, then ``True`` (booked) or ``False`` (its
+        body broke a booking rule, or its one-on-one slot was booked in the meantime).
+        """
         with self._lock:
             return [dict(r) for r in self._requests]
 
@@ -306,13 +389,33 @@ class Care360Simulator:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == APPOINTMENTS]
 
     def reset(self) -> None:
-        """Forget bookings, requests, pending faults and the rate-limit window."""
+        """Forget bookings, requests, pending faults and late applications, and the rate-limit windows."""
+        self._drop_pending()
         with self._lock:
             self._bookings.clear()
             self._taken.clear()
+            self._entered.clear()
             self._requests.clear()
         self._faults.clear()
         self._limits.clear()
+
+    def wait_pending(self, timeout: float | None = 10.0) -> bool:
+        """
+        Wait until every late application (:attr:`Fault.apply_after`) due so far is done.
+
+        Lets a test assert what the ledger holds once the backend "caught up", without sleeping.
+        :return: ``True`` when none is pending, ``False`` if ``timeout`` seconds passed first.
+        """
+        with self._settled:
+            return self._settled.wait_for(lambda: not self._pending, timeout)
+
+    def _drop_pending(self) -> None:
+        with self._settled:
+            self._generation += 1
+            for timer in self._pending:
+                timer.cancel()
+            self._pending.clear()
+            self._settled.notify_all()
 
     def inject(self, fault: Fault, times: int = 1) -> None:
         """Answer the next ``times`` requests of the fault's ``target`` with ``fault``."""
@@ -329,9 +432,24 @@ class Care360Simulator:
             if kind in ("booking", "cancel")
             else (self.lookup_rate_limit, self.lookup_rate_window)
         )
+        quota = self.quota if kind == "booking" else None
+        tiers = [] if limit is None else [Tier(kind, limit, window)]
+        if quota is not None:
+            tiers.append(Tier("quota", quota, self.quota_window))
+        if not tiers:
+            return False, {}
+        # One atomic count over both tiers: a request that either refuses counts against neither.
+        verdicts = self._limits.hit_all(tiers)
+        if quota is not None and verdicts[-1].refused:
+            # As Calendly: the reset of the long window, in seconds, and no Retry-After.
+            return True, {
+                "X-RateLimit-Limit": str(quota),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(verdicts[-1].reset_in),
+            }
         if limit is None:
             return False, {}
-        limited, remaining, reset_in = self._limits.hit(kind, limit, window)
+        limited, remaining, reset_in = verdicts[0]
         headers: dict[str, str] = {}
         if self.rate_limit_headers:
             headers = {
@@ -342,6 +460,11 @@ class Care360Simulator:
         if limited and self.send_retry_after:
             headers["Retry-After"] = str(reset_in)
         return limited, headers
+
+    def _latency_for(self, target: str) -> float:
+        """How long a request of ``target`` waits before it is answered."""
+        override = {"booking": self.booking_latency, "lookup": self.lookup_latency}.get(target)
+        return self.latency if override is None else override
 
     def _check_booking(self, body: Any) -> str | None:
         return booking_problem(
@@ -374,33 +497,101 @@ class Care360Simulator:
         return None if stored else "startTime is not a correct slot: it is already booked"
 
     def _store(
-        self, body: dict[str, Any], *, source: str, force: bool, duration: int | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        source: str,
+        force: bool,
+        duration: int | None = None,
+        status: str = "CONFIRMED",
+        is_deleted: bool = False,
+        generation: int | None = None,
     ) -> dict[str, Any]:
-        """Add an appointment to the ledger; ``{}`` if its one-on-one slot is taken."""
+        """
+        Add an appointment to the ledger; ``{}`` if its one-on-one slot is taken, or if ``generation``
+        is given and :meth:`reset` ran since (a late application that must not outlive it).
+        """
         start = datetime.fromisoformat(body["startTime"]).astimezone(UTC)
         slot = utc(start)
         end = start + timedelta(minutes=duration or self.slot_minutes)
-        now = datetime.now(UTC)
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return {}
             key = (body["eventTypeId"], slot)
             if not force and self.one_on_one and key in self._taken:
                 return {}
             self._taken.add(key)
+            # createdAt: milliseconds, strictly increasing, so two bookings made a few ms apart (or
+            # in the same one) are told apart and ordered, as a client choosing the later needs.
+            clock = datetime.now(UTC)
+            now = clock.replace(microsecond=clock.microsecond // 1000 * 1000)
+            if self._last_created is not None and now <= self._last_created:
+                now = self._last_created + timedelta(milliseconds=1)
+            self._last_created = now
             item = {
+                **body,  # first: a body's stray fields ("id", "end", ...) never overwrite the ledger's
                 "id": str(uuid.uuid4()),
                 "slot": slot,
                 "end": utc(end),
-                "bookedAt": now.isoformat(),
+                "bookedAt": timestamp(now),
                 "source": source,
                 "cancelled": False,
-                **body,
+                "status": status,
+                "isDeleted": is_deleted,
             }
             self._bookings.append(item)
+            self._entered[item["id"]] = time.monotonic()
             return dict(item)
 
+    def _apply_later(self, body: Any, arrived: float, after: float, entry: dict[str, Any]) -> None:
+        """
+        Book ``body`` ``after`` seconds past ``arrived`` (a ``time.monotonic()``) on a timer thread,
+        whatever the answer does meanwhile; ``after == 0`` books it now. Fills ``entry["applied"]``.
+        """
+        if not isinstance(body, dict) or self._check_booking(body) is not None:
+            with self._lock:
+                entry["applied"] = False
+            return
+        if after == 0:
+            stored = self._store(body, source="api", force=False)
+            with self._lock:
+                entry["applied"] = bool(stored)
+            return
+        with self._settled:
+            entry["applied"] = None
+            generation = self._generation
+
+            def fire() -> None:
+                self._apply_late(body, generation, entry, timer)
+
+            timer = threading.Timer(max(0.0, arrived + after - time.monotonic()), fire)
+            timer.daemon = True
+            timer.name = "care360-simulator-apply-after"
+            self._pending.add(timer)
+            timer.start()
+
+    def _apply_late(
+        self, body: dict[str, Any], generation: int, entry: dict[str, Any], timer: threading.Timer
+    ) -> None:
+        stored: dict[str, Any] = {}
+        try:
+            stored = self._store(body, source="api", force=False, generation=generation)
+        finally:  # even if storing failed, the timer is no longer pending
+            with self._settled:
+                if generation == self._generation:
+                    entry["applied"] = bool(stored)
+                self._pending.discard(timer)
+                self._settled.notify_all()
+
     def _lookup(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        lag = self.lookup_lag
+        now = time.monotonic()
         with self._lock:
-            ledger = [dict(b) for b in self._bookings]
+            ledger = [
+                dict(b)
+                for b in self._bookings
+                if not lag or b["source"] != "api" or self._entered.get(b["id"], 0.0) + lag <= now
+            ]
         return lookup_answer(ledger, query)
 
     def _record(self, entry: dict[str, Any]) -> None:
@@ -416,12 +607,18 @@ class Care360Simulator:
 
 
 class _Refused(Exception):
-    """A request the simulator answers with ``status`` before routing it (bad framing, too big)."""
+    """
+    A request the simulator answers with ``status`` before routing it (bad framing, too big).
 
-    def __init__(self, status: int, error: str) -> None:
+    ``unread`` is how many bytes of the body are left to drain: a number when the framing says so,
+    ``None`` when it cannot tell (drain until the client stops sending), 0 for nothing.
+    """
+
+    def __init__(self, status: int, error: str, unread: int | None = None) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
+        self.unread = unread
 
 
 class _Server(ThreadingHTTPServer):
@@ -524,11 +721,11 @@ class _Handler(BaseHTTPRequestHandler):
         if len(set(lengths)) > 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
             raise _Refused(400, "Content-Length must be one decimal number of bytes")
         length = int(lengths[0])
-        if length > MAX_REQUEST_BYTES:
-            raise _Refused(413, f"the body is over {MAX_REQUEST_BYTES} bytes")
+        if length > MAX_REQUEST_BYTES:  # refused before a byte of it is read
+            raise _Refused(413, f"the body is over {MAX_REQUEST_BYTES} bytes", unread=length)
         data = self.rfile.read(length)
         if len(data) < length:
-            raise _Refused(400, "the body ended before Content-Length bytes")
+            raise _Refused(400, "the body ended before Content-Length bytes", unread=0)
         return data
 
     def _read_chunked(self) -> bytes:
@@ -552,6 +749,29 @@ class _Handler(BaseHTTPRequestHandler):
             if line in (b"\r\n", b"\n", b""):
                 return bytes(body)
         raise _Refused(400, "malformed chunked body")
+
+    def _drain(self, unread: int | None) -> None:
+        """
+        After a refusal went out with ``Connection: close``: read and drop the rest of the body, so
+        that closing the socket does not reset a client still sending it before it reads the answer
+        (closing with unread data sends a TCP RST). Bounded: at most ``unread`` (when known) and
+        ``DRAIN_MAX_BYTES`` bytes, ``DRAIN_SECONDS`` in all, and one second without data.
+        """
+        budget = DRAIN_MAX_BYTES if unread is None else min(unread, DRAIN_MAX_BYTES)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete: FIN after it
+            while budget > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(min(left, _DRAIN_IDLE_SECONDS))
+                data = self.rfile.read1(min(budget, 1 << 16))
+                if not data:
+                    break
+                budget -= len(data)
+        except OSError:  # a timeout, or the client is gone: either way, done
+            pass
 
     def _key_state(self) -> str:
         given = self.headers.get("cv-api-key")
@@ -584,6 +804,7 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
+        arrived = time.monotonic()
         try:
             url = urlsplit(self.path)
             if method == "POST":
@@ -612,15 +833,17 @@ class _Handler(BaseHTTPRequestHandler):
                     {"Allow": ", ".join(allowed)},
                 )
             else:
-                self._route(method, url.path, parse_qs(url.query), raw)
+                self._route(method, url.path, parse_qs(url.query), raw, arrived)
         except _Refused as refused:
             self.close_connection = True
             self._send(refused.status, envelope(refused.status, "Invalid request", refused.error))
+            if refused.unread != 0:
+                self._drain(refused.unread)
         except Exception as exc:  # a defect of the simulator: still an answer, never a dropped line
             self.close_connection = True
             self._send(500, envelope(500, "Simulator error", type(exc).__name__))
 
-    def _route(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> None:
+    def _route(self, method: str, path: str, query: dict[str, list[str]], raw: bytes, arrived: float) -> None:
         sim = self.sim
         body: Any = None
         parsed = True
@@ -636,12 +859,19 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = "reset" if fault.reset else fault.status
             entry["fault"] = asdict(fault) | {"body": None}
             sim._record(entry)
-            self._answer_fault(fault, body if parsed and target == "booking" else None)
+            self._answer_fault(fault, body if parsed and target == "booking" else None, arrived, entry)
             return
         status, answer, headers = self._answer(target, query, body, parsed)
         entry["status"] = status
         sim._record(entry)
+        self._wait(sim._latency_for(target))
         self._send(status, answer, headers)
+
+    @staticmethod
+    def _wait(seconds: float) -> None:
+        # Only this connection's thread sleeps: the server is threaded, others are served meanwhile.
+        if seconds > 0:
+            time.sleep(seconds)
 
     def _answer(
         self, target: str, query: dict[str, list[str]], body: Any, parsed: bool
@@ -670,12 +900,14 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, envelope(400, "Invalid request", problem), headers
         return 200, DOCUMENTED[200], headers
 
-    def _answer_fault(self, fault: Fault, body: Any) -> None:
+    def _answer_fault(self, fault: Fault, body: Any, arrived: float, entry: dict[str, Any]) -> None:
         sim = self.sim
         if fault.apply and isinstance(body, dict) and sim._check_booking(body) is None:
             sim._apply(body, force=True)
-        if fault.delay:
-            time.sleep(fault.delay)
+        if fault.apply_after is not None and fault.target == "booking":
+            sim._apply_later(body, arrived, fault.apply_after, entry)
+        self._wait(sim._latency_for(fault.target))
+        self._wait(fault.delay)
         if fault.reset:
             self._reset()
             return
@@ -747,6 +979,8 @@ class _Handler(BaseHTTPRequestHandler):
                 item = json.loads(raw) if raw else None
                 if not isinstance(item, dict):
                     raise TypeError("the body must be an object with email and start")
+                if "isDeleted" in item:  # the lookup element's spelling
+                    item["is_deleted"] = item.pop("isDeleted")
                 stored = sim.add_appointment(**item)
             except (ValueError, TypeError, RecursionError, OverflowError) as exc:
                 self._send(400, {"ok": False, "error": str(exc)[:500]})
