@@ -327,7 +327,7 @@ def test_personal_data_echoed_by_a_4xx_is_masked_wherever_it_is_quoted() -> None
     quoted = str(caught.value) + json.dumps(caught.value.response) + str(caught.value.api_error)
     for pii in ("Jane.Doe@Example.com", "jane.doe", "Zephyrine", "Quillfeather"):
         assert pii not in quoted
-    assert "j***@example.com" in str(caught.value) and "Z*** Q***" in str(caught.value)
+    assert "j***@e***.com" in str(caught.value) and "Z*** Q***" in str(caught.value)
     assert "Invalid slot for A***" in str(caught.value)  # whole words only: "Invalid" is untouched
 
 

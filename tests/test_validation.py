@@ -176,7 +176,7 @@ def test_optional_names_are_left_out_when_empty_and_checked_when_given() -> None
 
 
 def test_masking() -> None:
-    assert mask_email("john.doe@example.com") == "j***@example.com"
+    assert mask_email("john.doe@example.com") == "j***@e***.com"
     assert mask_email("nobody") == "***"
     assert mask_email(None) == "***"
     assert mask_name("John") == "J***"
