@@ -23,6 +23,7 @@ TRACKING_KEYS: dict[str, str] = {
 
 APPOINTMENTS_PATH = "/api/v1/calendar/appointments"
 AVAILABILITY_PATH = "/api/v1/calendar/provider-availability"
+CANCEL_PATH = APPOINTMENTS_PATH + "/cancel"
 
 #: The booking arguments of ScheduleAppointmentOperator (and the keys of a mapped row); the
 #: operator's template fields are these and ``care360_conn_id``.

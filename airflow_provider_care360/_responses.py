@@ -11,6 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
     Care360AuthError,
     Care360BadRequestError,
+    Care360LookupAmbiguousError,
     Care360LookupError,
     Care360LookupUnusableError,
     Care360NotSentError,
@@ -190,6 +192,7 @@ def _raise_for_key_or_rate_limit(
         raise Care360AuthError(
             f"Care360 rejected the API key of connection {conn_id!r} (401 Unauthorized){what}. Nothing "
             "was booked; check the connection's password (API Key) and environment.",
+            summary=f"Care360 rejected the API key (401){what}",
             **details,
         )
     if status == 429:
@@ -198,6 +201,7 @@ def _raise_for_key_or_rate_limit(
         raise Care360RateLimitError(
             f"Care360 rate limit exceeded{what} (429): nothing was booked. {hint}",
             retry_after=wait,
+            summary=f"Care360 rate limit exceeded{what} (429)",
             **details,
         )
 
@@ -229,12 +233,14 @@ def parse_response(
             raise Care360BadRequestError(
                 f"Care360 answered {status} but with success=false ({said}). Nothing was booked; "
                 "check the booking fields.",
+                summary=f"Care360 answered {status} with success=false ({said})",
                 **details,
             )
         raise Care360AmbiguousError(
             f"Care360 answered {status} with a body that is not the documented JSON "
             f"(body: {safe_snippet(body, secret, personal)!r}). The booking may or may not exist: "
             "check the calendar for this invitee before running the task again.",
+            summary=f"Care360 answered {status} with a body that is not the documented JSON",
             **details,
         )
     if 300 <= status < 400:
@@ -242,6 +248,7 @@ def parse_response(
         raise Care360BadRequestError(
             f"Care360 answered {status} (redirect to {safe_snippet(location or '?', secret, personal)!r}). "
             f"Nothing was booked; point the host of connection {conn_id!r} at the final URL.",
+            summary=f"Care360 answered {status} (a redirect)",
             **details,
         )
     _raise_for_key_or_rate_limit(status, headers, details, conn_id=conn_id, what="", now=now)
@@ -250,17 +257,54 @@ def parse_response(
             f"Care360 did not receive the whole request ({status}; {said}): nothing was booked. "
             "Airflow will retry the task.",
             retry_after=retry_after_seconds(headers, now),
+            summary=f"Care360 did not receive the whole request ({status})",
             **details,
         )
     if 400 <= status < 500:
         raise Care360BadRequestError(
             f"Care360 rejected the booking ({status}; {said}). Nothing was booked; fix the input "
             "rather than retrying.",
+            summary=f"Care360 rejected the booking ({status}; {said})",
             **details,
         )
     raise Care360AmbiguousError(
         f"Care360 answered {status} ({said}). The booking may or may not exist: check the calendar "
         "for this invitee before running the task again.",
+        summary=f"Care360 answered {status} ({said})",
+        **details,
+    )
+
+
+def parse_cancel_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    conn_id: str,
+    secret: str | None = None,
+    personal: Sequence[str] = (),
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """
+    The API's JSON body of a successful cancel (section 2b), or the matching ``Care360Error``.
+
+    Success is read from ``success: true``, never from ``message`` (the vendor's docs give two).
+    """
+    fields, details, said = _read_answer(status, body, secret, personal)
+    if 200 <= status < 300 and fields.get("success") is True:
+        return fields
+    what = " on the cancel request"
+    _raise_for_key_or_rate_limit(status, headers, details, conn_id=conn_id, what=what, now=now)
+    if 400 <= status < 500 or (200 <= status < 300 and fields.get("success") is False):
+        raise Care360BadRequestError(
+            f"Care360 refused to cancel the appointment ({status}; {said}).",
+            summary=f"Care360 refused the cancel ({status}; {said})",
+            **details,
+        )
+    raise Care360AmbiguousError(
+        f"Care360 answered the cancel request with {status} ({said}): the appointment may or may not "
+        "be cancelled.",
+        summary=f"Care360 answered the cancel request with {status} ({said})",
         **details,
     )
 
@@ -270,17 +314,66 @@ def parse_response(
 _UNUSABLE = (
     "The lookup of existing appointments (GET /api/v1/calendar/appointments) cannot be used "
     "with connection {conn!r}: {why}. Nothing was booked. The operator looks before it books so "
-    "that no invitee is booked twice; to book without the lookup, set check_existing=False on "
-    "the task (see the README for what that cannot protect against)."
+    "that no invitee is booked twice; check the connection's base URL and that its API key may read "
+    "appointments."
 )
+#: The documented signature of the unknown-user answer, as a token: never a word such as "user".
+_NOT_FOUND_ERROR = re.compile(r"(?<![A-Za-z0-9_])NotFoundError(?![A-Za-z0-9_])")
+#: Fields of an error body that may carry the error's type name.
+_SIGNATURE_FIELDS = ("error", "name", "type", "code", "errorType", "error_type", "message")
+#: Keys that would mean the answer is one page of several (no paging is documented).
+_PAGING_KEYS = frozenset(
+    {
+        "next",
+        "nextPage",
+        "next_page",
+        "nextCursor",
+        "next_cursor",
+        "cursor",
+        "hasMore",
+        "has_more",
+        "page",
+        "pages",
+        "pageSize",
+        "page_size",
+        "totalPages",
+        "total_pages",
+        "pagination",
+        "links",
+        "nextToken",
+        "next_token",
+        "continuation",
+        "offset",
+        "limit",
+    }
+)
+#: Lookup answers that a later try may not get again: retried, never read as "no appointments".
+_LOOKUP_RETRYABLE = frozenset({408, 425})
 
 
 def _is_unknown_user(fields: Mapping[str, Any]) -> bool:
     """The documented "NotFoundError" for an unknown ``user_email``, told apart from a missing route."""
     if fields.get("success") is not False:
         return False
-    said = " ".join(str(fields.get(k) or "") for k in ("message", "error")).lower()
-    return "notfounderror" in said.replace(" ", "") or "user" in said
+    for name in _SIGNATURE_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, str) and _NOT_FOUND_ERROR.search(value):
+            return True
+        if isinstance(value, Mapping) and any(
+            isinstance(v, str) and _NOT_FOUND_ERROR.search(v) for v in value.values()
+        ):
+            return True
+    return False
+
+
+def _paging_signs(fields: Mapping[str, Any], items: list[Any]) -> list[str]:
+    """What in a 200 lookup answer suggests it holds only part of the appointments."""
+    signs = sorted(k for k in fields if k in _PAGING_KEYS and fields[k] not in (None, False, "", [], {}))
+    for key in ("total", "totalCount", "total_count", "count"):
+        value = fields.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > len(items):
+            signs.append(f"{key}={value} > {len(items)} returned")
+    return signs
 
 
 def parse_lookup_response(
@@ -291,49 +384,63 @@ def parse_lookup_response(
     conn_id: str,
     by_email: bool,
     secret: str | None = None,
+    personal: Sequence[str] = (),
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """
     Return the appointments of a lookup answer, or raise the matching ``Care360Error``.
 
-    A lookup is a read, so nothing here is ambiguous: a 5xx or an unreadable answer is a
-    :class:`Care360LookupError` (retry), a 429 a :class:`Care360RateLimitError`, a 401 a
-    :class:`Care360AuthError`; a 403, a 404 that is not the documented "unknown user" answer, or a
-    200 that is not the documented shape is a :class:`Care360LookupUnusableError` (fail now).
+    A lookup is a read: a 5xx, a 408 or a 425 is a :class:`Care360LookupError` (retry, with the
+    ``Retry-After`` it named), a 429 a :class:`Care360RateLimitError`, a 401 a
+    :class:`Care360AuthError`. The unknown-user answer is recognised by its documented signature
+    (``NotFoundError`` in its error fields, under any 4xx), and read as "no appointments"; a 404
+    without it means the endpoint is not there. That, a 403, any other 4xx, or a 200 that is not the
+    documented shape is a :class:`Care360LookupUnusableError` (fail now, nothing booked). A 200 that
+    looks like one page of several is a :class:`Care360LookupAmbiguousError`.
 
-    :param by_email: the query named ``user_email``; only then is a 404 "unknown user" read as
-        "this person has no appointments".
+    :param by_email: the query named ``user_email``; only then is "unknown user" read as "this
+        person has no appointments".
+    :param personal: the email the query carried, masked wherever the answer echoes it.
     """
-    fields, details, said = _read_answer(status, body, secret, ())
+    fields, details, said = _read_answer(status, body, secret, personal)
 
     if status == 200:
         items = fields.get("data")
         if (
             fields.get("success") is True
             and isinstance(items, list)
-            and all(isinstance(item, dict) and appointment_start(item) is not None for item in items)
+            and all(isinstance(i, dict) for i in items)
         ):
+            if signs := _paging_signs(fields, items):
+                raise Care360LookupAmbiguousError(
+                    f"The appointment lookup's answer looks like one page of several ({', '.join(signs)}); "
+                    "Care360 documents no paging, so the invitee's appointment may be on a page not read. "
+                    "Nothing was booked.",
+                    summary="the lookup's answer looks paged",
+                    **details,
+                )
             return [dict(item) for item in items]
         why = "its 200 answer is not the documented shape (success: true, data: a list of appointments)"
-        raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
-    if status == 404 and by_email and _is_unknown_user(fields):
+        raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), summary=why, **details)
+    if by_email and 400 <= status < 500 and status not in (401, 429) and _is_unknown_user(fields):
         return []  # the documented answer for an email Care360 does not know: no appointments
     what = " on the appointment lookup"
     _raise_for_key_or_rate_limit(status, headers, details, conn_id=conn_id, what=what, now=now)
-    if status in (403, 404, 405, 410) or 300 <= status < 400:
-        meaning = {403: "forbidden", 404: "no such endpoint", 405: "method not allowed", 410: "gone"}
-        why = f"Care360 answered {status} ({meaning.get(status, 'a redirect')}; {said})"
-        raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), **details)
-    if 400 <= status < 500:
-        raise Care360LookupUnusableError(
-            _UNUSABLE.format(conn=conn_id, why=f"Care360 refused the query ({status}; {said})"), **details
+    if status in _LOOKUP_RETRYABLE or status >= 500:
+        summary = f"the appointment lookup failed: Care360 answered {status} ({said})"
+        raise Care360LookupError(
+            f"The appointment lookup failed: Care360 answered {status} ({said}). Nothing was booked; "
+            "a lookup is safe to repeat, and Airflow will retry the task.",
+            retry_after=retry_after_seconds(headers, now),
+            summary=summary,
+            **details,
         )
-    raise Care360LookupError(
-        f"The appointment lookup failed: Care360 answered {status} ({said}). Nothing was booked; "
-        "a lookup is safe to repeat, and Airflow will retry the task.",
-        retry_after=retry_after_seconds(headers, now),
-        **details,
-    )
+    meaning = {403: "forbidden", 404: "no such endpoint", 405: "method not allowed", 410: "gone"}
+    if status in meaning or 300 <= status < 400:
+        why = f"Care360 answered {status} ({meaning.get(status, 'a redirect')}; {said})"
+    else:
+        why = f"Care360 refused the query ({status}; {said})"
+    raise Care360LookupUnusableError(_UNUSABLE.format(conn=conn_id, why=why), summary=why, **details)
 
 
 def parse_instant(value: object) -> datetime | None:
@@ -354,21 +461,104 @@ def appointment_start(appointment: Mapping[str, Any]) -> datetime | None:
     return parse_instant(appointment.get("start"))
 
 
-_GONE_STATUSES = frozenset({"CANCELLED", "CANCELED", "DELETED"})
+#: Statuses of an appointment that exists. Care360 documents ``CONFIRMED`` only.
+ACTIVE_STATUSES = frozenset({"CONFIRMED"})
+
+
+def _gone(appointment: Mapping[str, Any]) -> bool:
+    """Cancelled-like: any status starting ``CANCEL``, ``DELETED``, or ``isDeleted: true``."""
+    status = str(appointment.get("status") or "").strip().upper()
+    return appointment.get("isDeleted") is True or status.startswith("CANCEL") or status == "DELETED"
+
+
+@dataclass(frozen=True)
+class AtInstant:
+    """
+    What a lookup says about one start instant.
+
+    :param active: the appointments at the instant whose status says they exist, oldest first.
+    :param unknown: the statuses, at the instant, that the provider cannot read (neither active nor
+        cancelled-like).
+    :param unreadable: how many appointments had a ``start`` that cannot be read.
+    """
+
+    active: tuple[dict[str, Any], ...]
+    unknown: tuple[str, ...]
+    unreadable: int
+
+    @property
+    def found(self) -> dict[str, Any] | None:
+        """The appointment that stands at the instant (the earliest created), or ``None``."""
+        return self.active[0] if self.active else None
+
+    @property
+    def clear(self) -> bool:
+        """Whether the answer can be trusted: something active, or nothing unknown or unreadable."""
+        return bool(self.active) or not (self.unknown or self.unreadable)
+
+
+def _created(appointment: Mapping[str, Any]) -> tuple[int, datetime, str]:
+    created = parse_instant(appointment.get("createdAt"))
+    if created is None:
+        return (1, datetime.max.replace(tzinfo=UTC), str(appointment.get("id")))
+    return (0, created, str(appointment.get("id")))
+
+
+def read_at_instant(appointments: list[dict[str, Any]], start: datetime) -> AtInstant:
+    """
+    Sort a lookup's appointments at the instant ``start`` into active, unknown and unreadable.
+
+    Instants are compared, never strings (``...:00Z``, ``...:00.000Z`` and ``+05:30`` forms of the
+    same instant match). An appointment whose start cannot be read is counted, not matched: it only
+    matters when nothing active is found.
+    """
+    active: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    unreadable = 0
+    for appointment in appointments:
+        at = appointment_start(appointment)
+        if at is None:
+            unreadable += 1
+            continue
+        if at != start or _gone(appointment):
+            continue
+        status = str(appointment.get("status") or "").strip().upper()
+        if status in ACTIVE_STATUSES:
+            active.append(appointment)
+        else:
+            unknown.append(status or "<none>")
+    active.sort(key=_created)
+    return AtInstant(active=tuple(active), unknown=tuple(unknown), unreadable=unreadable)
 
 
 def match_appointment(appointments: list[dict[str, Any]], start: datetime) -> dict[str, Any] | None:
     """
-    The appointment that starts at the instant ``start``, or ``None``.
+    The appointment that exists at the instant ``start``, or ``None`` when none does.
 
-    Instants are compared, never strings (``...:00Z``, ``...:00.000Z`` and ``+05:30`` forms of the
-    same instant match). Appointments marked deleted or cancelled are ignored.
+    Raises :class:`Care360LookupAmbiguousError` when the answer cannot say: no active appointment
+    at the instant, and one there with a status the provider does not know, or one whose start
+    cannot be read.
     """
-    for appointment in appointments:
-        if appointment.get("isDeleted") is True:
-            continue
-        if str(appointment.get("status") or "").upper() in _GONE_STATUSES:
-            continue
-        if appointment_start(appointment) == start:
-            return appointment
-    return None
+    reading = read_at_instant(appointments, start)
+    if not reading.clear:
+        raise lookup_unclear(reading)
+    return reading.found
+
+
+def lookup_unclear(reading: AtInstant) -> Care360LookupAmbiguousError:
+    """The error for a lookup answer that cannot say whether the appointment exists."""
+    parts = []
+    if reading.unknown:
+        parts.append(
+            f"an appointment at this start has status {', '.join(sorted(set(reading.unknown)))}, which "
+            f"the provider does not know (it counts {', '.join(sorted(ACTIVE_STATUSES))} as booked, and "
+            "statuses starting CANCEL or DELETED as gone)"
+        )
+    if reading.unreadable:
+        parts.append(f"{reading.unreadable} appointment(s) in the answer have a start that cannot be read")
+    why = "; ".join(parts)
+    return Care360LookupAmbiguousError(
+        f"The appointment lookup cannot say whether the invitee is booked at this start: {why}. "
+        "Nothing was booked by this try: check the appointment in Care360.",
+        summary=f"the lookup cannot say whether the appointment exists ({why})",
+    )

@@ -29,10 +29,11 @@ it books, which is what makes its retries safe.
 
 from __future__ import annotations
 
-import enum
 from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+from airflow_provider_care360.outcomes import Outcome
 
 __all__ = [
     "Care360AmbiguousError",
@@ -41,6 +42,7 @@ __all__ = [
     "Care360BadRequestError",
     "Care360ConnectionConfigError",
     "Care360Error",
+    "Care360LookupAmbiguousError",
     "Care360LookupError",
     "Care360LookupUnusableError",
     "Care360NotSentError",
@@ -49,17 +51,6 @@ __all__ = [
     "Care360ValidationError",
     "Outcome",
 ]
-
-
-class Outcome(enum.StrEnum):
-    """What happened to a booking attempt, as far as the client can know."""
-
-    BOOKED = "booked"
-    ALREADY_BOOKED = "already_booked"
-    REJECTED = "rejected"
-    THROTTLED = "throttled"
-    NOT_SENT = "not_sent"
-    AMBIGUOUS = "ambiguous"
 
 
 class Care360Error(AirflowException):
@@ -74,6 +65,8 @@ class Care360Error(AirflowException):
     :param retry_after: seconds the API asked the client to wait, if it said.
     :param response: the API's JSON answer (an object), if one was received, with the API key
         removed and the invitee's personal data masked wherever the server echoed them.
+    :param summary: what happened, in a few words and without advice (``"Care360 answered 504
+        (Gateway Timeout)"``), for messages that build on this error; defaults to ``message``.
     """
 
     outcome: ClassVar[Outcome]
@@ -89,9 +82,11 @@ class Care360Error(AirflowException):
         api_error: str | None = None,
         retry_after: float | None = None,
         response: dict[str, Any] | None = None,
+        summary: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.summary = summary or message
         self.http_status = http_status
         self.api_message = api_message
         self.api_error = api_error
@@ -112,6 +107,7 @@ class Care360Error(AirflowException):
             "api_error": self.api_error,
             "retry_after": self.retry_after,
             "response": self.response,
+            "summary": self.summary,
         }
 
     def serialize(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
@@ -207,6 +203,15 @@ class Care360AmbiguousError(AirflowFailException, Care360Error):
 
     outcome = Outcome.AMBIGUOUS
     retryable = False
+
+
+class Care360LookupAmbiguousError(Care360AmbiguousError):
+    """
+    The lookup answered, but what it says cannot be read safely: an appointment at the instant with
+    a status the provider does not know, an appointment whose start cannot be read, or an answer that
+    looks paged. Nothing was booked by this try; the appointment may or may not exist. The task
+    fails at once (fail closed) rather than book on a reading it cannot trust.
+    """
 
 
 class Care360AmbiguousRetryableError(Care360Error):

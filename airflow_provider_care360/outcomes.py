@@ -11,20 +11,38 @@ Pure functions, no Airflow imports.
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["OUTCOMES", "OUTCOME_KEY", "SETTLED", "outcome_record", "summarize_outcomes"]
+__all__ = ["OUTCOMES", "OUTCOME_KEY", "SETTLED", "Outcome", "outcome_record", "summarize_outcomes"]
 
 #: The XCom key of the outcome record.
 OUTCOME_KEY = "care360_outcome"
 
+
+class Outcome(enum.StrEnum):
+    """What happened to a booking attempt, as far as the client can know."""
+
+    BOOKED = "booked"
+    ALREADY_BOOKED = "already_booked"
+    #: The row repeats an earlier row of the same batch (same invitee, same start instant): it is
+    #: booked once, through the row it repeats (``duplicate_of``).
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    THROTTLED = "throttled"
+    NOT_SENT = "not_sent"
+    AMBIGUOUS = "ambiguous"
+
+
 #: Every value of a record's ``outcome``, in the order a summary lists them.
-OUTCOMES: tuple[str, ...] = ("booked", "already_booked", "rejected", "throttled", "not_sent", "ambiguous")
+OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in Outcome)
 
 #: The outcomes that mean "the appointment exists, once".
-SETTLED = frozenset({"booked", "already_booked"})
+SETTLED = frozenset({Outcome.BOOKED.value, Outcome.ALREADY_BOOKED.value})
+#: The outcomes a summary counts but does not list as problems: settled, or booked through another row.
+_NOT_A_PROBLEM = SETTLED | {Outcome.DUPLICATE.value}
 
 _NO_RECORD = (
     "no outcome recorded: the task did not finish a try (it did not run, its upstream failed, "
@@ -96,7 +114,8 @@ def summarize_outcomes(
     rejected: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """
-    Count a batch's outcomes and list every row that did not end ``booked`` or ``already_booked``.
+    Count a batch's outcomes and list every row that did not end ``booked`` or ``already_booked``
+    (a ``duplicate`` row, booked through the row it repeats, is counted and not listed).
 
     Records are matched to rows by their ``map_index``, never by position (``xcom_pull`` across map
     indexes gives no promise about order or gaps). With ``rows`` (the list the booking task was
@@ -129,7 +148,7 @@ def summarize_outcomes(
     for index, record, row in entries:
         outcome = record.get("outcome") if record else None
         counts[outcome or "no_record"] += 1
-        if outcome in SETTLED:
+        if outcome in _NOT_A_PROBLEM:
             continue
         source: Mapping[str, Any] = {}
         if record is not None:

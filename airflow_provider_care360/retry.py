@@ -15,8 +15,11 @@ wrapped in another exception:
   than spending its retries on answers that cannot change; nothing was booked, so it is safe to run
   again later. Without a named wait: an exponential backoff from the task's ``retry_delay`` with
   jitter, capped;
-* anything else (not sent, ambiguous and retryable, errors that are not ours): no opinion, so the
-  task's own ``retries`` and ``retry_delay`` apply.
+* ambiguous and retryable with a wait (an unclear answer the lookup could not settle yet): retry
+  once the apply window has ended (or after ``retry_delay``, if longer), so the retry does not
+  wait for it in a worker slot;
+* anything else (not sent, errors that are not ours): no opinion, so the task's own ``retries``
+  and ``retry_delay`` apply.
 
 It only ever has an opinion about Care360 errors, so it composes with other policies::
 
@@ -65,7 +68,14 @@ def find_care360_error(exception: BaseException | None) -> Care360Error | None:
         if isinstance(exception, Care360Error):
             return exception
         seen.add(id(exception))
-        exception = exception.__cause__ or exception.__context__
+        # As a traceback reads it: the explicit cause; else the exception being handled when this
+        # one was raised, unless ``raise ... from None`` suppressed it.
+        if exception.__cause__ is not None:
+            exception = exception.__cause__
+        elif exception.__suppress_context__:
+            exception = None
+        else:
+            exception = exception.__context__
     return None
 
 
@@ -158,5 +168,15 @@ class Care360RetryPolicy(RetryPolicy):
             return RetryDecision.retry(
                 delay=timedelta(seconds=wait),
                 reason=f"Care360 rate limit (429): retrying in {wait:.1f} s ({source})",
+            )
+        if error.outcome is Outcome.AMBIGUOUS and error.retry_after:
+            # An unclear answer: the retry would wait in the task for the apply window to end; let
+            # the scheduler wait instead, and free the worker slot meanwhile.
+            task = context.get("task") if context else None
+            own = _seconds(getattr(task, "retry_delay", None)) or 0.0
+            wait = min(max(own, error.retry_after), self.cap_for(task))
+            return RetryDecision.retry(
+                delay=timedelta(seconds=wait),
+                reason=f"Care360 answer unclear: retrying in {wait:.1f} s, after the apply window",
             )
         return RetryDecision.default()

@@ -39,10 +39,14 @@ REJECTED_KEY = "care360_rejected"
 
 
 def _rejected(index: int, row: Any, reason: str) -> dict[str, Any]:
+    return _set_aside(index, row, "rejected", f"Row {index} was not booked: {reason}")
+
+
+def _set_aside(index: int, row: Any, outcome: str, message: str) -> dict[str, Any]:
     fields = row if isinstance(row, Mapping) else {}
     record = outcome_record(
-        outcome="rejected",
-        message=f"Row {index} was not booked: {reason}",
+        outcome=outcome,
+        message=message,
         event_type_id=fields.get("event_type_id"),
         start_time=fields.get("start_time"),
         email=fields.get("invitee_email", fields.get("email")),
@@ -64,7 +68,11 @@ def prepare_bookings(
         the row).
     :return: ``(bookings, rejected)``: a list of keyword arguments, one per good row, and a list
         of outcome records, one per row set aside, each with ``outcome: "rejected"``, the reason in
-        ``message`` (personal data masked) and ``row``, the row's index in ``rows``.
+        ``message`` (personal data masked) and ``row``, the row's index in ``rows``. A row that
+        repeats an earlier good row (the same invitee, its email compared case-insensitively, at the
+        same start instant, whatever the zone it is written in) is set aside with
+        ``outcome: "duplicate"`` and ``duplicate_of``, the index of the row that books it: mapped
+        tasks never book one appointment twice.
     """
     from airflow_provider_care360.exceptions import Care360ValidationError
     from airflow_provider_care360.validation import build_booking_payload
@@ -75,6 +83,7 @@ def prepare_bookings(
         raise ValueError(f"fixed: {', '.join(sorted(unknown_fixed))} are not booking arguments")
     bookings: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
+    first_of: dict[tuple[str, str], int] = {}  # (invitee, start instant) -> the row that books it
     allowed = ", ".join((*BOOKING_FIELDS, "email"))
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -96,7 +105,7 @@ def prepare_bookings(
             continue
         merged = {**fixed, **kwargs}
         try:
-            build_booking_payload(
+            payload = build_booking_payload(
                 event_type_id=merged.get("event_type_id"),
                 start_time=merged.get("start_time"),
                 email=merged.get("invitee_email"),
@@ -109,5 +118,18 @@ def prepare_bookings(
         except Care360ValidationError as exc:
             rejected.append(_rejected(index, row, "; ".join(exc.problems)))
             continue
+        same = (payload["email"].casefold(), payload["startTime"])
+        if same in first_of:
+            record = _set_aside(
+                index,
+                row,
+                "duplicate",
+                f"Row {index} repeats row {first_of[same]} (the same invitee at the same start): it is "
+                f"booked once, through row {first_of[same]}.",
+            )
+            record["duplicate_of"] = first_of[same]
+            rejected.append(record)
+            continue
+        first_of[same] = index
         bookings.append(kwargs)
     return bookings, rejected

@@ -28,6 +28,7 @@ __all__ = [
     "build_booking_payload",
     "build_lookup_query",
     "format_start_time",
+    "past_start_problem",
 ]
 
 _TRACKING_WIRE = frozenset(TRACKING_KEYS.values())
@@ -115,7 +116,12 @@ def _parse_start(value: object) -> datetime | None:
 
 
 def _start_text(
-    parsed: datetime, zone: Any, zone_name: str | None, now: datetime | None, problems: list[str]
+    parsed: datetime,
+    zone: Any,
+    zone_name: str | None,
+    now: datetime | None,
+    problems: list[str],
+    require_future: bool = True,
 ) -> str | None:
     """The start as sent (UTC), or None with the problem appended; may raise OverflowError."""
     if parsed.tzinfo is None or parsed.utcoffset() is None:
@@ -126,14 +132,21 @@ def _start_text(
             return None
         parsed = parsed.replace(tzinfo=zone)
     text = format_start_time(parsed)
-    current = now or datetime.now(UTC)
-    if parsed <= current:
-        problems.append(
-            f"start_time: {text} is not in the future (now {format_start_time(current)}); "
-            "allowed: a future date-time"
-        )
+    if require_future and (problem := past_start_problem(parsed, now)):
+        problems.append(problem)
         return None
     return text
+
+
+def past_start_problem(start: datetime, now: datetime | None = None) -> str | None:
+    """The problem of a start that is not in the future, or ``None``."""
+    current = now or datetime.now(UTC)
+    if start > current:
+        return None
+    return (
+        f"start_time: {format_start_time(start)} is not in the future (now {format_start_time(current)}); "
+        "allowed: a future date-time"
+    )
 
 
 def format_start_time(value: datetime) -> str:
@@ -192,6 +205,7 @@ def build_booking_payload(
     last_name: object = None,
     tracking: object = None,
     now: datetime | None = None,
+    require_future: bool = True,
 ) -> dict[str, Any]:
     """
     Check booking fields and return the request body, or raise ``Care360ValidationError``.
@@ -202,6 +216,9 @@ def build_booking_payload(
     :param tracking: a mapping with any of the six documented keys, camelCase or snake_case, values
         string or ``None``; a JSON object string is accepted too.
     :param now: the current time (aware), for tests; defaults to the clock.
+    :param require_future: refuse a start that is not in the future (the default). ``False`` lets
+        a caller that must first look at an earlier try's booking check it itself
+        (:func:`past_start_problem`).
     :return: the JSON body, camelCase, with optional fields left out when empty.
     """
     problems: list[str] = []
@@ -246,7 +263,7 @@ def build_booking_payload(
             )
         else:
             try:
-                start_text = _start_text(parsed, zone, zone_name, now, problems)
+                start_text = _start_text(parsed, zone, zone_name, now, problems, require_future)
             except (OverflowError, ValueError):
                 problems.append(
                     f"start_time: {_shown(start_time)} is out of range; allowed: a date-time whose "

@@ -82,6 +82,9 @@ with DAG(
     schedule=None,
     start_date=datetime(2025, 1, 1),
     catchup=False,
+    # One run at a time: two runs of the same rows at once could each look, find nothing, and book
+    # (no compare-and-set is open to tasks); see the README, \"Errors and retries\".
+    max_active_runs=1,
     tags=["care360", "example"],
     default_args={"email_on_failure": False, "email_on_retry": False},
 ):

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
@@ -206,7 +207,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         }
         subprocess.run([airflow_cli(), "db", "migrate"], env=env, check=True, capture_output=True)
         subprocess.run(
-            [airflow_cli(), "pools", "set", "care360", "4", "Care360 booking API"],
+            [airflow_cli(), "pools", "set", "care360", "8", "Care360 booking API"],
             env=env,
             check=True,
             capture_output=True,
@@ -229,7 +230,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                     )
                 )
             _wait("the API server", lambda: _call(f"{api}/api/v2/monitor/health"), 120, procs)
-            for dag_id in (DAG_ID, "care360_d_book", "care360_d_no_check"):
+            for dag_id in (DAG_ID, "care360_d_book", "care360_d_no_check", "care360_d_verify"):
                 _wait(
                     f"{dag_id} to be parsed",
                     lambda d=dag_id: _call(f"{api}/api/v2/dags/{d}")["dag_id"],
@@ -249,7 +250,9 @@ def _row(email: str, days: int, conn_id: str = "care360_default") -> dict[str, A
 
 def test_killed_task_process_mid_request_is_retried_and_books_once(deployment: Deployment) -> None:
     email = "killed@example.com"
-    deployment.sim.inject(Fault(200, delay=8, apply=True))  # booked, then the answer is held
+    # The service books 6 s after the request, and the answer is held 8 s: the retry (2 s after the
+    # kill) finds nothing yet, and books twice unless it waits out the earlier try's apply window.
+    deployment.sim.inject(Fault(200, delay=8, apply_after=6))
     run_id = deployment.trigger("care360_d_book", _row(email, days=5))
     request = deployment.booking_in_flight(email)
     os.kill(_pid_of_client(request["client"][1]), signal.SIGKILL)
@@ -265,7 +268,9 @@ def test_heartbeat_timeout_while_the_old_try_waits_books_once(deployment: Deploy
     import psutil
 
     email = "heartbeat@example.com"
-    deployment.sim.inject(Fault(200, delay=20, apply=True))  # the old try waits 20 s for its answer
+    # The old try waits 20 s for its answer; the service books 15 s after the request, after the
+    # new try (started once the 8 s heartbeat timeout is noticed) has first looked.
+    deployment.sim.inject(Fault(200, delay=20, apply_after=15))
     run_id = deployment.trigger("care360_d_book", _row(email, days=6, conn_id="care360_slow"))
     request = deployment.booking_in_flight(email)
     task_process = psutil.Process(_pid_of_client(request["client"][1]))
@@ -306,7 +311,7 @@ def test_without_the_lookup_a_try_after_a_killed_one_fails_as_ambiguous_without_
     deployment: Deployment,
 ) -> None:
     email = "nocheck@example.com"
-    deployment.sim.inject(Fault(200, delay=8, apply=True))
+    deployment.sim.inject(Fault(200, delay=8, apply_after=1))
     run_id = deployment.trigger("care360_d_no_check", _row(email, days=8))
     request = deployment.booking_in_flight(email)
     os.kill(_pid_of_client(request["client"][1]), signal.SIGKILL)
@@ -318,6 +323,70 @@ def test_without_the_lookup_a_try_after_a_killed_one_fails_as_ambiguous_without_
     record = deployment.xcom("care360_d_no_check", run_id, "care360_outcome")
     assert record["outcome"] == "ambiguous"
     assert "ended without recording Care360's answer" in record["message"]
+    assert "clearing the task sends the booking again" in record["message"]
+
+
+def test_without_the_lookup_a_killed_then_cleared_task_sends_once_more_and_succeeds(
+    deployment: Deployment,
+) -> None:
+    """task_state_store survives a clear; the cleared try is a new attempt and must not stay blocked."""
+    email = "nocheck-cleared@example.com"
+    deployment.sim.inject(Fault(200, delay=8))  # held, never applied: the kill loses it
+    run_id = deployment.trigger("care360_d_no_check", _row(email, days=9))
+    request = deployment.booking_in_flight(email)
+    os.kill(_pid_of_client(request["client"][1]), signal.SIGKILL)
+    assert deployment.finished("care360_d_no_check", run_id) == "failed"
+    assert deployment.task("care360_d_no_check", run_id)["try_number"] == 2
+
+    _call(
+        f"{deployment.api}/api/v2/dags/care360_d_no_check/dagRuns/{run_id}/clear", "POST", {"dry_run": False}
+    )
+    _wait(
+        "the cleared task to run again",
+        lambda: deployment.task("care360_d_no_check", run_id)["try_number"] >= 3,
+        120,
+        deployment.procs,
+    )
+    assert deployment.finished("care360_d_no_check", run_id) == "success", deployment.tail()
+    assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 2
+    assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
+    assert deployment.xcom("care360_d_no_check", run_id, "care360_outcome")["outcome"] == "booked"
+
+
+def test_two_runs_of_one_row_at_once_with_verify_booking_end_with_one_active_appointment(
+    deployment: Deployment,
+) -> None:
+    email = "twice@example.com"
+    row = _row(email, days=10)
+    runs = [deployment.trigger("care360_d_verify", row), deployment.trigger("care360_d_verify", row)]
+    for run_id in runs:
+        assert deployment.finished("care360_d_verify", run_id) == "success", deployment.tail()
+    mine = [a for a in deployment.sim.appointments if a["email"] == email]
+    assert len([a for a in mine if not a["cancelled"]]) == 1, mine
+    records = [deployment.xcom("care360_d_verify", r, "care360_outcome") for r in runs]
+    cancelled = [i for record in records for i in record["cancelled"]]
+    assert len(mine) == 1 or set(cancelled) == {a["id"] for a in mine if a["cancelled"]}
+
+
+def test_a_mapped_batch_with_every_row_three_times_eight_at_once_books_each_invitee_once(
+    deployment: Deployment,
+) -> None:
+    start = next_slot(days=11)
+    invitees = [
+        {
+            "start_time": iso(start + timedelta(minutes=30 * i)),
+            "email": f"triple{i:02d}@example.com" if copy != 1 else f"TRIPLE{i:02d}@Example.com",
+            "timezone": "UTC",
+        }
+        for i in range(12)
+        for copy in range(3)
+    ]
+    run_id = deployment.trigger(DAG_ID, {"invitees": invitees})
+    assert deployment.finished(DAG_ID, run_id, timeout=300) == "success", deployment.tail()
+    booked = [b["email"].lower() for b in deployment.sim.bookings if b["email"].lower().startswith("triple")]
+    assert sorted(booked) == [f"triple{i:02d}@example.com" for i in range(12)]
+    summary = deployment.xcom(DAG_ID, run_id, "return_value", task_id="write_back")
+    assert summary["counts"] == {"booked": 12, "duplicate": 24}
 
 
 def test_example_batch_through_a_scheduler_and_local_executor(deployment: Deployment) -> None:

@@ -17,6 +17,7 @@ from airflow_provider_care360._responses import (
     parse_rate_limit_reset,
     parse_response,
     parse_retry_after,
+    read_at_instant,
     safe_snippet,
 )
 from airflow_provider_care360.exceptions import (
@@ -24,6 +25,7 @@ from airflow_provider_care360.exceptions import (
     Care360AuthError,
     Care360BadRequestError,
     Care360Error,
+    Care360LookupAmbiguousError,
     Care360LookupError,
     Care360LookupUnusableError,
     Care360NotSentError,
@@ -224,6 +226,7 @@ def test_any_response_is_a_result_or_a_typed_error(status: int, headers: dict[st
 # -- Fetch Appointments ---------------------------------------------------------------------------
 
 APPOINTMENT = {"id": "a1", "start": "2026-12-01T15:00:00.000Z", "end": "2026-12-01T15:30:00.000Z"}
+CONFIRMED = {**APPOINTMENT, "status": "CONFIRMED"}
 
 
 def lookup(status: int, body: Any = b"", by_email: bool = True, headers: dict[str, str] | None = None) -> Any:
@@ -242,27 +245,65 @@ def test_lookup_200_returns_the_data() -> None:
     [
         {"status": 200, "success": True, "data": {"start": "x"}},
         {"status": 200, "success": True},
-        {"status": 200, "success": True, "data": [{"id": "no start"}]},
-        {"status": 200, "success": True, "data": [{"start": "2026-12-01T15:00:00"}]},  # no offset
+        {"status": 200, "success": True, "data": ["not an object"]},
         {"status": 200, "success": False, "data": []},
         b"<html>ok</html>",
     ],
 )
-def test_lookup_200_of_another_shape_is_unusable(body: Any) -> None:
-    with pytest.raises(Care360LookupUnusableError, match="check_existing=False"):
+def test_lookup_200_of_another_shape_is_unusable_and_never_advises_booking_without_it(body: Any) -> None:
+    with pytest.raises(Care360LookupUnusableError) as caught:
         lookup(200, body)
+    assert "check_existing=False" not in str(caught.value)
 
 
-def test_lookup_unknown_user_404_is_no_appointments_and_a_missing_route_is_not() -> None:
-    unknown = {"status": 404, "success": False, "message": "Not found", "error": "NotFoundError"}
-    assert lookup(404, unknown) == []
-    assert lookup(404, {"status": 404, "success": False, "message": "User not found"}) == []
+def test_lookup_elements_without_a_readable_start_are_returned_for_the_reading_to_weigh() -> None:
+    items = [{"id": "no start"}, {"start": None}, {"start": "2026-12-01T15:00:00"}, APPOINTMENT]
+    assert lookup(200, {"status": 200, "success": True, "data": items}) == items
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"next": "/api/v1/calendar/appointments?page=2"},
+        {"hasMore": True},
+        {"total": 3},
+        {"pagination": {"p": 1}},
+    ],
+)
+def test_a_lookup_answer_that_looks_paged_is_ambiguous(extra: dict[str, Any]) -> None:
+    with pytest.raises(Care360LookupAmbiguousError, match="page"):
+        lookup(200, {"status": 200, "success": True, "data": [APPOINTMENT], **extra})
+    # Not paging: an empty next, or a total that matches what came.
+    assert lookup(200, {"status": 200, "success": True, "data": [APPOINTMENT], "next": None, "total": 1})
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
+def test_the_unknown_user_answer_is_read_by_its_notfounderror_signature_under_any_4xx(status: int) -> None:
+    assert (
+        lookup(status, {"status": status, "success": False, "message": "x", "error": "NotFoundError"}) == []
+    )
+    assert lookup(status, {"success": False, "name": "NotFoundError", "message": "no such user"}) == []
+    assert lookup(status, {"success": False, "error": "NotFoundError: no user with this email"}) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": 404, "success": False, "message": "User not found"},  # the word, not the signature
+        {"status": 404, "success": False, "message": "Cannot GET /api/v1/calendar/appointments?user_email=x"},
+        b"<html>Cannot GET /api/v1/calendar/appointments?user_email=x</html>",
+        {"status": 404, "success": False, "error": "UserNotFoundErrorX"},  # not the token
+        {"message": "Route not found"},
+    ],
+)
+def test_a_404_without_the_signature_is_a_missing_endpoint(body: Any) -> None:
     with pytest.raises(Care360LookupUnusableError, match="no such endpoint"):
-        lookup(404, b"<html>Cannot GET /api/v1/calendar/appointments</html>")
+        lookup(404, body)
+
+
+def test_the_unknown_user_signature_means_nothing_for_a_range_query() -> None:
     with pytest.raises(Care360LookupUnusableError):
-        lookup(404, {"message": "Route not found"})
-    with pytest.raises(Care360LookupUnusableError):
-        lookup(404, unknown, by_email=False)  # a range query names no user
+        lookup(404, {"success": False, "error": "NotFoundError"}, by_email=False)
 
 
 def test_lookup_statuses_map_to_typed_errors() -> None:
@@ -273,27 +314,84 @@ def test_lookup_statuses_map_to_typed_errors() -> None:
     assert throttled.value.retry_after == 7
     with pytest.raises(Care360LookupUnusableError, match="forbidden"):
         lookup(403, {"status": 403, "success": False, "message": "Forbidden"})
-    for status in (500, 502, 503, 504):
-        with pytest.raises(Care360LookupError) as failed:
-            lookup(status, b"")
-        assert failed.value.outcome is Outcome.NOT_SENT
+    with pytest.raises(Care360LookupUnusableError, match="refused the query"):
+        lookup(409, {"status": 409, "success": False, "message": "Conflict"})
 
 
-def test_lookup_errors_never_quote_the_key() -> None:
+@pytest.mark.parametrize("status", [408, 425, 500, 502, 503, 504])
+def test_lookup_408_425_and_5xx_are_retryable_and_keep_their_retry_after(status: int) -> None:
+    with pytest.raises(Care360LookupError) as failed:
+        lookup(status, b"", headers={"retry-after": "12"})
+    assert failed.value.outcome is Outcome.NOT_SENT and failed.value.retryable
+    assert failed.value.retry_after == 12
+
+
+def test_lookup_errors_never_quote_the_key_or_the_invitee() -> None:
+    raw = json.dumps({"message": "echo KEY-123", "error": "user_email jane.doe@example.com is archived"})
     with pytest.raises(Care360LookupError) as caught:
-        lookup(500, {"message": "echo KEY-123"})
-    assert "KEY-123" not in str(caught.value) and "KEY-123" not in json.dumps(caught.value.response)
+        parse_lookup_response(
+            500,
+            {},
+            raw.encode(),
+            conn_id="c",
+            by_email=True,
+            secret="KEY-123",
+            personal=["jane.doe@example.com"],
+            now=NOW,
+        )
+    text = str(caught.value) + json.dumps(caught.value.response) + caught.value.summary
+    assert "KEY-123" not in text and "jane.doe" not in text and "j***@" in text
+
+
+START = datetime(2026, 12, 1, 15, tzinfo=UTC)
 
 
 def test_match_appointment_compares_instants() -> None:
-    start = datetime(2026, 12, 1, 15, tzinfo=UTC)
     offset = {**APPOINTMENT, "start": "2026-12-01T20:30:00+05:30"}
-    assert match_appointment([APPOINTMENT], start) == APPOINTMENT
-    assert match_appointment([offset], start) == offset
-    assert match_appointment([{**APPOINTMENT, "start": "2026-12-01T15:00:00Z"}], start) is not None
-    assert match_appointment([APPOINTMENT], start.replace(minute=30)) is None
-    assert match_appointment([{**APPOINTMENT, "status": "CANCELLED"}], start) is None
-    assert match_appointment([{**APPOINTMENT, "isDeleted": True}], start) is None
+    confirmed = {**APPOINTMENT, "status": "CONFIRMED"}
+    assert match_appointment([confirmed], START) == confirmed
+    assert match_appointment([{**offset, "status": "CONFIRMED"}], START) is not None
+    assert match_appointment([{**confirmed, "start": "2026-12-01T15:00:00Z"}], START) is not None
+    assert match_appointment([confirmed], START.replace(minute=30)) is None
+
+
+@pytest.mark.parametrize(
+    "status", ["CANCELLED", "CANCELED", "CANCELED_BY_INVITEE", "cancelled_by_host", "DELETED"]
+)
+def test_cancelled_like_appointments_do_not_count(status: str) -> None:
+    assert match_appointment([{**APPOINTMENT, "status": status}], START) is None
+    assert match_appointment([{**APPOINTMENT, "status": "CONFIRMED", "isDeleted": True}], START) is None
+
+
+@pytest.mark.parametrize("status", ["RESCHEDULED", "PENDING", None, ""])
+def test_an_unknown_status_at_the_instant_fails_closed_naming_it(status: Any) -> None:
+    with pytest.raises(Care360LookupAmbiguousError, match=(status or "<none>")) as caught:
+        match_appointment([{**APPOINTMENT, "status": status}], START)
+    assert caught.value.outcome is Outcome.AMBIGUOUS and not caught.value.retryable
+    # A confirmed one beside it settles it; an unknown one at another instant does not matter.
+    assert match_appointment(
+        [{**APPOINTMENT, "status": status}, {**APPOINTMENT, "status": "CONFIRMED"}], START
+    )
+    assert (
+        match_appointment([{**APPOINTMENT, "status": status, "start": "2026-12-02T15:00:00Z"}], START) is None
+    )
+
+
+def test_an_unreadable_start_is_skipped_unless_nothing_matches() -> None:
+    broken = {"id": "b", "start": None, "status": "CONFIRMED"}
+    confirmed = {**APPOINTMENT, "status": "CONFIRMED"}
+    assert match_appointment([broken, confirmed], START) == confirmed
+    with pytest.raises(Care360LookupAmbiguousError, match="cannot be read"):
+        match_appointment([broken], START)
+    with pytest.raises(Care360LookupAmbiguousError):
+        match_appointment([{**broken, "start": "2026-12-01T15:00:00"}], START)  # no offset
+
+
+def test_two_active_appointments_at_the_instant_read_oldest_first() -> None:
+    older = {**APPOINTMENT, "id": "old", "status": "CONFIRMED", "createdAt": "2026-11-01T10:00:00.000Z"}
+    newer = {**APPOINTMENT, "id": "new", "status": "CONFIRMED", "createdAt": "2026-11-01T10:00:00.500Z"}
+    reading = read_at_instant([newer, older], START)
+    assert [a["id"] for a in reading.active] == ["old", "new"] and reading.found == older
 
 
 def test_an_error_keeps_the_json_answer_without_the_key() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -12,12 +12,15 @@ from urllib.parse import urlsplit
 from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_care360 import __version__, version_compat  # noqa: F401 (the version guard)
-from airflow_provider_care360._contract import APPOINTMENTS_PATH, AVAILABILITY_PATH
+from airflow_provider_care360._contract import APPOINTMENTS_PATH, AVAILABILITY_PATH, CANCEL_PATH
 from airflow_provider_care360._responses import (
-    match_appointment,
+    AtInstant,
+    lookup_unclear,
+    parse_cancel_response,
     parse_instant,
     parse_lookup_response,
     parse_response,
+    read_at_instant,
     safe_snippet,
 )
 from airflow_provider_care360.exceptions import (
@@ -301,6 +304,12 @@ class Care360Hook(BaseHook):
             netloc = f"{netloc}:{port}"
         return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
+    @property
+    def request_window(self) -> float:
+        """The longest one request can stay unanswered on this side: connect plus read timeout."""
+        connect, read = self.settings.timeout
+        return connect + read
+
     def get_conn(self) -> requests.Session:
         """The hook's ``requests.Session`` (created once, reused for every request)."""
         return self._session
@@ -353,7 +362,8 @@ class Care360Hook(BaseHook):
             if read_only and isinstance(error, Care360AmbiguousError):
                 raise Care360LookupError(
                     f"The appointment lookup at {settings.base_url} failed ({type(exc).__name__}). "
-                    "Nothing was booked; a lookup is safe to repeat, and Airflow will retry the task."
+                    "Nothing was booked; a lookup is safe to repeat, and Airflow will retry the task.",
+                    summary=f"the appointment lookup failed ({type(exc).__name__})",
                 ) from None
             raise error from None
         try:
@@ -362,12 +372,14 @@ class Care360Hook(BaseHook):
             if read_only:
                 raise Care360LookupError(
                     f"The connection to Care360 at {settings.base_url} broke while reading the "
-                    f"lookup's answer ({type(exc).__name__}). Nothing was booked; Airflow will retry."
+                    f"lookup's answer ({type(exc).__name__}). Nothing was booked; Airflow will retry.",
+                    summary=f"the connection broke while reading the lookup's answer ({type(exc).__name__})",
                 ) from None
             raise Care360AmbiguousError(
                 f"The connection to Care360 at {settings.base_url} broke while reading its answer "
                 f"({type(exc).__name__}). The booking may or may not exist: check the calendar for "
-                "this invitee before running the task again."
+                "this invitee before running the task again.",
+                summary=f"the connection broke while reading Care360's answer ({type(exc).__name__})",
             ) from None
         finally:
             response.close()
@@ -392,18 +404,21 @@ class Care360Hook(BaseHook):
         ):
             return Care360NotSentError(
                 f"Could not reach Care360 at {base_url} ({what}): the request was not sent, nothing "
-                "was booked. Airflow will retry the task."
+                "was booked. Airflow will retry the task.",
+                summary=f"could not reach Care360 ({what}): the request was not sent",
             )
         if isinstance(exc, requests.exceptions.ReadTimeout):
             return Care360AmbiguousError(
                 f"Care360 at {base_url} did not answer in time (read timeout). The request was sent, "
                 "so the booking may or may not exist: check the calendar for this invitee before "
-                "running the task again."
+                "running the task again.",
+                summary="Care360 did not answer in time (read timeout)",
             )
         return Care360AmbiguousError(
             f"The connection to Care360 at {base_url} failed after the request was sent ({what}). "
             "The booking may or may not exist: check the calendar for this invitee before running "
-            "the task again."
+            "the task again.",
+            summary=f"the connection to Care360 failed after the request was sent ({what})",
         )
 
     def schedule_appointment(
@@ -470,13 +485,14 @@ class Care360Hook(BaseHook):
         days (``start_date`` and ``end_date``, both or neither, ``YYYY-MM-DD`` or ``date``), or both.
         The query is checked before anything is sent. Care360 returns only appointments that are
         not deleted and have not ended, sorted by end time; an email it does not know is answered
-        with its "not found" error, returned here as an empty list.
+        with its "not found" error (``NotFoundError``), returned here as an empty list.
 
         :return: the appointments, as the API's plain dicts (``id``, ``start``, ``end``, ``status``, ...).
         :raises Care360ValidationError: a bad query (nothing sent).
-        :raises Care360LookupError: a 5xx, timeout or reset: safe to retry.
+        :raises Care360LookupError: a 5xx, 408, 425, timeout or reset: safe to retry.
         :raises Care360RateLimitError: a 429.
         :raises Care360LookupUnusableError: a 403, no such endpoint, or an answer of another shape.
+        :raises Care360LookupAmbiguousError: an answer that looks like one page of several.
         """
         query = build_lookup_query(user_email=user_email, start_date=start_date, end_date=end_date)
         status, headers, body = self._request("GET", APPOINTMENTS_PATH, read_only=True, params=query)
@@ -488,21 +504,64 @@ class Care360Hook(BaseHook):
             conn_id=self.care360_conn_id,
             by_email="user_email" in query,
             secret=self.settings.api_key,
+            personal=[query["user_email"]] if "user_email" in query else [],
         )
 
-    def find_appointment_at(self, *, email: str, start_time: str | datetime) -> dict[str, Any] | None:
+    def appointments_at(self, *, email: str, start_time: str | datetime) -> AtInstant:
         """
-        The invitee's appointment that starts at the instant ``start_time``, or ``None``.
+        What Care360 holds for the invitee at the instant ``start_time``: its active appointments
+        there (oldest first), statuses it cannot read, and starts it cannot parse.
 
-        Compares instants, not strings: ``2026-12-01T15:00:00Z``, ``...T15:00:00.000Z`` and
-        ``...T16:00:00+01:00`` are the same start. ``start_time`` must be aware (an offset or ``Z``).
+        One lookup, narrowed to the days around the start (``user_email`` with ``start_date`` and
+        ``end_date``: the day before to the day after, in UTC, since the contract does not say in
+        which zone it reads those dates), so an invitee with many future appointments is not read
+        from one long answer. ``start_time`` must be aware (an offset or ``Z``).
         """
         start = parse_instant(start_time)
         if start is None:
             raise Care360ValidationError(
                 [f"start_time: {start_time!r} is not allowed; allowed: an ISO 8601 date-time with an offset"]
             )
-        return match_appointment(self.find_appointments(user_email=email), start)
+        day = start.astimezone(UTC).date()
+        found = self.find_appointments(
+            user_email=email, start_date=day - timedelta(days=1), end_date=day + timedelta(days=1)
+        )
+        return read_at_instant(found, start)
+
+    def find_appointment_at(self, *, email: str, start_time: str | datetime) -> dict[str, Any] | None:
+        """
+        The invitee's appointment that exists at the instant ``start_time``, or ``None``.
+
+        Compares instants, not strings: ``2026-12-01T15:00:00Z``, ``...T15:00:00.000Z`` and
+        ``...T16:00:00+01:00`` are the same start. Counts ``CONFIRMED`` appointments; ignores
+        cancelled-like ones (a status starting ``CANCEL``, ``DELETED``, ``isDeleted: true``).
+
+        :raises Care360LookupAmbiguousError: nothing active at the instant, and an appointment there
+            with a status the provider does not know, or one whose start cannot be read.
+        """
+        reading = self.appointments_at(email=email, start_time=start_time)
+        if not reading.clear:
+            raise lookup_unclear(reading)
+        return reading.found
+
+    def cancel_appointment(
+        self, *, email: str, appointment_id: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """
+        Cancel an appointment (``POST /api/v1/calendar/appointments/cancel``). Visible to the invitee:
+        Calendly notifies them. The provider cancels only a second appointment it booked itself.
+
+        :return: the API's JSON body.
+        :raises Care360Error: as for a booking (400 when no such active appointment exists).
+        """
+        body: dict[str, Any] = {"email": email, "appointmentId": appointment_id}
+        if reason:
+            body["reason"] = reason
+        status, headers, raw = self._request("POST", CANCEL_PATH, json=body)
+        self.log.debug("Care360 answered %s to the cancel request", status)
+        return parse_cancel_response(
+            status, headers, raw, conn_id=self.care360_conn_id, secret=self.settings.api_key, personal=[email]
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """

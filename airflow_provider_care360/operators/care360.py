@@ -21,6 +21,7 @@ DEFAULT_RETRY_POLICY: Any = Care360RetryPolicy() if RETRY_POLICIES_SUPPORTED els
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
+    from airflow_provider_care360.booking.engine import BookingEngine
     from airflow_provider_care360.hooks.care360 import Care360Hook, Timeout
 
 # The hook, validation and response handling are imported in execute(): a scheduler parsing a DAG
@@ -40,8 +41,10 @@ class ScheduleAppointmentOperator(BaseOperator):
     second run of the same row all end with one booking. A rejected booking (400, 401) fails at
     once; a rate-limited one (429) is retried by Airflow's own task retries. A request that got no
     clear answer (read timeout, reset, 500/502/504) is settled by a lookup ``settle_delay`` later:
-    the task succeeds if the booking exists, and otherwise fails saying nothing was booked (and
-    Airflow retries it, if it has retries left).
+    the task succeeds if the booking exists. If the lookup does not show it yet, Care360 may still
+    apply it: the try fails as ``ambiguous`` and nothing is sent again until ``apply_window`` after
+    the unclear answer; the next try (a retry, or a run after a clear) waits for that, looks again,
+    and books only if the appointment is still missing.
 
     Every try pushes an outcome record to XCom under the key ``care360_outcome`` (see
     :mod:`airflow_provider_care360.outcomes`), also when it fails.
@@ -69,6 +72,12 @@ class ScheduleAppointmentOperator(BaseOperator):
         fails as ambiguous instead of sending again.
     :param settle_delay: how long to wait, after an unclear answer, before the lookup that settles
         it (default 5 s), since a new booking may show in lookups a little after it was made.
+    :param apply_window: how long after an unclear answer Care360 may still apply the request and
+        show it in lookups (default 60 s): until then the booking is never sent again. A try that
+        finds an earlier try's request in flight waits for the window's end before it looks again.
+    :param verify_booking: after booking, look once more; a second appointment for the invitee at
+        the same start (two runs of the same row at once) is cancelled, the later created one, and
+        the record lists it under ``cancelled``. One more lookup per booking; off by default.
     :param retry_on_ambiguous: only with ``check_existing=False``: retry, like a request that was
         never sent, when the outcome is unknown. Off by default, because such a retry may book the
         invitee twice. With ``check_existing=True`` an unclear outcome is settled by the lookup
@@ -98,6 +107,8 @@ class ScheduleAppointmentOperator(BaseOperator):
         request_timeout: Timeout | None = None,
         check_existing: bool = True,
         settle_delay: timedelta | float = timedelta(seconds=5),
+        apply_window: timedelta | float = timedelta(seconds=60),
+        verify_booking: bool = False,
         retry_on_ambiguous: bool = False,
         retry_policy: Any = DEFAULT_RETRY_POLICY,
         **kwargs: Any,
@@ -120,6 +131,13 @@ class ScheduleAppointmentOperator(BaseOperator):
         if not 0 <= delay <= 300:
             raise ValueError(f"settle_delay must be between 0 and 300 seconds, got {settle_delay!r}")
         self.settle_delay = delay
+        window = apply_window.total_seconds() if isinstance(apply_window, timedelta) else float(apply_window)
+        if not 0 <= window <= 3600:
+            raise ValueError(f"apply_window must be between 0 and 3600 seconds, got {apply_window!r}")
+        self.apply_window = window
+        if verify_booking and not check_existing:
+            raise ValueError("verify_booking needs check_existing=True: it checks with the lookup")
+        self.verify_booking = verify_booking
         if retry_on_ambiguous and check_existing:
             warnings.warn(
                 "retry_on_ambiguous has no effect with check_existing=True: an unclear outcome is "
@@ -136,7 +154,6 @@ class ScheduleAppointmentOperator(BaseOperator):
         return Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_care360.exceptions import Care360Error, Outcome
         from airflow_provider_care360.outcomes import OUTCOME_KEY, outcome_record
 
         ti = context["ti"]
@@ -148,36 +165,112 @@ class ScheduleAppointmentOperator(BaseOperator):
             map_index=map_index if isinstance(map_index, int) else -1,
             try_number=getattr(ti, "try_number", None),
         )
-        from airflow_provider_care360._booking import book
-
-        self._sent = False
+        engine: BookingEngine | None = None
         try:
-            book(self, context, record)
-        except Care360Error as exc:
-            record["outcome"] = record["outcome"] or exc.outcome.value
-            record["http_status"] = record["http_status"] or exc.http_status
-            record["message"] = record["message"] or exc.message
-            record["response"] = record["response"] or exc.response
-            self._push_outcome(ti, OUTCOME_KEY, record)
-            raise
-        except Exception as exc:
-            # Not an answer from Care360 (e.g. the task state store failed): say whether the
-            # booking request had already left.
-            outcome = Outcome.AMBIGUOUS if self._sent else Outcome.NOT_SENT
-            record["outcome"] = record["outcome"] or outcome.value
-            record["message"] = record["message"] or (
-                f"The task failed with {type(exc).__name__} "
-                + ("after the booking request was sent." if self._sent else "before any booking was sent.")
-            )
+            engine = self._engine(context, record)
+            result = engine.run()
+        except BaseException as exc:  # a timeout or a termination is recorded too, then re-raised
+            _record_failure(record, exc, sent=engine is not None and engine.sent)
             self._push_outcome(ti, OUTCOME_KEY, record)
             raise
         finally:
             self.hook.close()
+        record.update(
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            response=result.response,
+            appointment=result.appointment,
+            message=result.message,
+            cancelled=result.cancelled,
+        )
         self._push_outcome(ti, OUTCOME_KEY, record)
         return record
+
+    def _engine(self, context: Context, record: dict[str, Any]) -> BookingEngine:
+        """Validate the fields and build the engine with this try's journal."""
+        from airflow_provider_care360._responses import parse_instant
+        from airflow_provider_care360.booking.engine import BookingEngine, BookingOptions
+        from airflow_provider_care360.booking.journal import BookingJournal, attempt_of, fingerprint
+        from airflow_provider_care360.exceptions import Care360ValidationError
+        from airflow_provider_care360.validation import build_booking_payload, past_start_problem
+
+        fields: dict[str, Any] = {
+            "event_type_id": self.event_type_id,
+            "start_time": self.start_time,
+            "email": self.invitee_email,
+            "timezone": self.timezone,
+            "location": self.location,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "tracking": self.tracking,
+        }
+        try:
+            # A past start is checked below: a retry may first have to look for an earlier try's booking.
+            payload = build_booking_payload(**fields, require_future=False)
+        except Care360ValidationError:
+            build_booking_payload(**fields)  # raises, listing every problem (a past start too)
+            raise
+        record.update(
+            event_type_id=payload["eventTypeId"], start_time=payload["startTime"], email=payload["email"]
+        )
+        start = parse_instant(payload["startTime"])
+        problem = past_start_problem(start) if start is not None else None
+        ti = context["ti"]
+        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        store = context.get("task_state_store")
+        journal = None
+        if store is not None:
+            journal = BookingJournal(
+                store,
+                fingerprint=fingerprint(payload),
+                try_number=try_number,
+                attempt=attempt_of(try_number, max_tries, self.retries),
+            )
+        tries_left = isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
+        options = BookingOptions(
+            check_existing=self.check_existing,
+            settle_delay=self.settle_delay,
+            apply_window=self.apply_window,
+            retry_on_ambiguous=self.retry_on_ambiguous,
+            verify_booking=self.verify_booking,
+            tries_left=tries_left,
+        )
+        return BookingEngine(
+            self.hook,
+            payload,
+            options,
+            journal,
+            self.log,
+            past_start=Care360ValidationError([problem]) if problem else None,
+        )
 
     def _push_outcome(self, ti: Any, key: str, record: dict[str, Any]) -> None:
         try:
             ti.xcom_push(key=key, value=record)
         except Exception:  # never let the record hide the task's own result or error
             self.log.warning("Could not push the %s record to XCom", key, exc_info=True)
+
+
+def _record_failure(record: dict[str, Any], exc: BaseException, *, sent: bool) -> None:
+    """Fill the record of a try that raised: from a Care360 error, or from what was sent."""
+    from airflow_provider_care360.exceptions import Care360Error
+    from airflow_provider_care360.outcomes import Outcome
+
+    if isinstance(exc, Care360Error):
+        record.update(
+            outcome=exc.outcome.value,
+            http_status=exc.http_status,
+            message=exc.message,
+            response=exc.response,
+        )
+        return
+    # Not an answer from Care360: a timeout, a termination, a failed journal write. Say whether the
+    # booking request had already left.
+    outcome = Outcome.AMBIGUOUS if sent else Outcome.NOT_SENT
+    record["outcome"] = outcome.value
+    record["message"] = (
+        f"The try ended with {type(exc).__name__} after the booking request was sent: the booking may or "
+        "may not exist. The next try looks the invitee up first (and waits out the apply window)."
+        if sent
+        else f"The try ended with {type(exc).__name__} before any booking was sent."
+    )

@@ -11,6 +11,8 @@ from airflow.providers.common.compat.sdk import DAG, task
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
 
 START = datetime(2025, 1, 1)
+#: Seconds after an unclear answer during which the simulator's late bookings land (tests use < 2 s).
+APPLY_WINDOW = 3.0
 FAST_RETRIES: dict[str, Any] = {
     "retries": 2,
     "retry_delay": timedelta(seconds=1),
@@ -40,6 +42,7 @@ def _params_operator(**extra: Any) -> ScheduleAppointmentOperator:
         "first_name": "{{ params.first_name }}",
         "care360_conn_id": "{{ params.conn_id }}",
         "settle_delay": 0.2,
+        "apply_window": APPLY_WINDOW,
     }
     return ScheduleAppointmentOperator(task_id="book", **{**fields, **extra})
 
@@ -268,3 +271,27 @@ else:
 # retry waits the 1 s retry_delay, so a task may meet a 429 once a second for the whole batch.
 with DAG("care360_t_big_batch", schedule=None, start_date=START, catchup=False, default_args=FAST_RETRIES):
     ScheduleAppointmentOperator.partial(task_id="book", retries=40).expand_kwargs(list_invitees())
+
+
+# 10. execution_timeout fires while the try waits to settle an unclear answer.
+with DAG(
+    "care360_t_timeout",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args=FAST_RETRIES,
+):
+    _params_operator(settle_delay=6.0, execution_timeout=timedelta(seconds=2))
+
+
+# 11. No retry policy (on every Airflow): the retry comes after the task's own retry_delay.
+with DAG(
+    "care360_t_no_policy",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=BOOKING_PARAMS,
+    default_args=FAST_RETRIES,
+):
+    _params_operator(retry_policy=None)

@@ -8,7 +8,14 @@ from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
 
-for dag_id, check_existing in (("care360_d_book", True), ("care360_d_no_check", False)):
+#: The simulator's late bookings in these tests land within 8 s of their request.
+APPLY_WINDOW = 10.0
+
+for dag_id, check_existing, verify in (
+    ("care360_d_book", True, False),
+    ("care360_d_no_check", False, False),
+    ("care360_d_verify", True, True),
+):
     with DAG(
         dag_id,
         schedule=None,
@@ -31,5 +38,7 @@ for dag_id, check_existing in (("care360_d_book", True), ("care360_d_no_check", 
             location="zoom_conference",
             care360_conn_id="{{ params.conn_id }}",
             check_existing=check_existing,
-            settle_delay=0.5,
+            verify_booking=verify,
+            settle_delay=1.0 if verify else 0.5,
+            apply_window=APPLY_WINDOW,
         )
