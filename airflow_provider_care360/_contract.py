@@ -36,4 +36,11 @@ BOOKING_FIELDS: tuple[str, ...] = (
     "first_name",
     "last_name",
     "tracking",
+    "row_key",
 )
+
+#: The booking arguments that carry personal data: kept out of Airflow's rendered fields in clear.
+PERSONAL_FIELDS: tuple[str, ...] = ("invitee_email", "first_name", "last_name", "tracking")
+
+#: How an outcome record carries the invitee's email: ``masked`` (the default) or ``raw``.
+RECORD_EMAIL_MODES: tuple[str, ...] = ("masked", "raw")

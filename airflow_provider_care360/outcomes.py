@@ -1,10 +1,11 @@
 """
 The outcome record of a booking, and the summary of a batch of them.
 
-``ScheduleAppointmentOperator`` pushes one record per try to XCom under :data:`OUTCOME_KEY`, also
-when the try fails, and returns the same record when it succeeds. A task downstream of a mapped
-booking task (``trigger_rule="all_done"``) pulls every row's record and turns them into a summary
-with :func:`summarize_outcomes`, to write back to a warehouse or a CRM.
+``ScheduleAppointmentOperator`` returns its record when a try succeeds (its XCom ``return_value``)
+and pushes it under :data:`OUTCOME_KEY` when a try fails: one copy either way. A task downstream of a
+mapped booking task (``trigger_rule="all_done"``) pulls every row's record with
+:func:`pull_outcomes` and turns them into a summary with :func:`summarize_outcomes`, to write back
+to a warehouse or a CRM.
 
 Pure functions, no Airflow imports.
 """
@@ -16,7 +17,18 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["OUTCOMES", "OUTCOME_KEY", "SETTLED", "Outcome", "outcome_record", "summarize_outcomes"]
+from airflow_provider_care360._pii import mask_email
+
+__all__ = [
+    "OUTCOMES",
+    "OUTCOME_KEY",
+    "SETTLED",
+    "Outcome",
+    "appointment_summary",
+    "outcome_record",
+    "pull_outcomes",
+    "summarize_outcomes",
+]
 
 #: The XCom key of the outcome record.
 OUTCOME_KEY = "care360_outcome"
@@ -60,6 +72,7 @@ def outcome_record(
     email: Any = None,
     response: dict[str, Any] | None = None,
     appointment: dict[str, Any] | None = None,
+    row_key: Any = None,
     map_index: int = -1,
     try_number: int | None = None,
 ) -> dict[str, Any]:
@@ -71,9 +84,12 @@ def outcome_record(
     :param message: what happened, in words; never the API key, never the invitee's name.
     :param start_time: the start as sent (UTC, ``YYYY-MM-DDTHH:MM:SSZ``), or the raw value if it was
         invalid.
-    :param email: the row's invitee address, so the record joins back to its row.
+    :param email: the row's invitee address as the record carries it (masked unless the task asked
+        for ``record_email="raw"``).
+    :param row_key: the caller's own id of the row, to join the record back to it.
     :param response: the API's JSON answer to the booking, when one was received.
-    :param appointment: the matching appointment from the lookup, when known.
+    :param appointment: the matching appointment from the lookup, when known, as
+        :func:`appointment_summary` reduces it.
     """
     if outcome is not None and outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
@@ -85,10 +101,36 @@ def outcome_record(
         "start_time": _plain(start_time),
         "email": _plain(email),
         "response": response,
-        "appointment": appointment,
+        "appointment": appointment_summary(appointment),
+        "row_key": _plain(row_key),
         "map_index": map_index,
         "try_number": try_number,
     }
+
+
+#: What a record keeps of an appointment from the lookup: no meeting link, clinician or case.
+APPOINTMENT_KEYS = ("id", "start", "end", "status")
+
+
+def appointment_summary(appointment: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An appointment from the lookup reduced to ``id``, ``start``, ``end`` and ``status``."""
+    if not isinstance(appointment, Mapping):
+        return None
+    return {key: appointment.get(key) for key in APPOINTMENT_KEYS}
+
+
+def pull_outcomes(ti: Any, task_ids: str) -> list[Mapping[str, Any]]:
+    """
+    Every outcome record of a booking task (all its map indexes), for a write-back task.
+
+    A try that succeeded pushed its record once, as its return value; a try that failed pushed it
+    under :data:`OUTCOME_KEY`. Airflow clears a task instance's XComs when a new try starts, so each
+    map index holds one of the two.
+    """
+    records: list[Mapping[str, Any]] = []
+    for key in (OUTCOME_KEY, "return_value"):
+        records += [r for r in _as_list(ti.xcom_pull(task_ids=task_ids, key=key)) if "outcome" in r]
+    return records
 
 
 def _plain(value: Any) -> Any:
@@ -126,7 +168,8 @@ def summarize_outcomes(
     :param rejected: the rows set aside before mapping (the second item ``prepare_bookings(...)`` returns).
     :return: ``{"rows": n, "counts": {outcome: n, ...}, "problems": [{...}, ...]}``; each problem has
         ``map_index`` (``None`` for a row set aside before mapping), ``row`` (its index in the raw
-        rows, for those), ``email``, ``event_type_id``, ``start_time``, ``outcome``, ``http_status``
+        rows, for those), ``row_key``, ``email`` (as the record carries it; masked for a row with no
+        record), ``event_type_id``, ``start_time``, ``outcome``, ``http_status``
         and ``reason``.
     """
     by_index: dict[int, Mapping[str, Any]] = {}
@@ -159,7 +202,11 @@ def summarize_outcomes(
             {
                 "map_index": index,
                 "row": source.get("row") if record else None,
-                "email": source.get("email", source.get("invitee_email")),
+                "row_key": source.get("row_key"),
+                # A record carries the email as its task chose (masked by default); a raw row's is masked.
+                "email": source.get("email")
+                if record
+                else mask_email(source.get("email", source.get("invitee_email"))),
                 "event_type_id": source.get("event_type_id"),
                 "start_time": source.get("start_time"),
                 "outcome": outcome,

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_care360._contract import BOOKING_FIELDS
+from airflow_provider_care360._contract import BOOKING_FIELDS, RECORD_EMAIL_MODES
+from airflow_provider_care360._pii import mask_email
 from airflow_provider_care360.outcomes import outcome_record
 
 __all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
@@ -38,25 +39,27 @@ __all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
 REJECTED_KEY = "care360_rejected"
 
 
-def _rejected(index: int, row: Any, reason: str) -> dict[str, Any]:
-    return _set_aside(index, row, "rejected", f"Row {index} was not booked: {reason}")
+def _rejected(index: int, row: Any, reason: str, raw_email: bool) -> dict[str, Any]:
+    return _set_aside(index, row, "rejected", f"Row {index} was not booked: {reason}", raw_email)
 
 
-def _set_aside(index: int, row: Any, outcome: str, message: str) -> dict[str, Any]:
+def _set_aside(index: int, row: Any, outcome: str, message: str, raw_email: bool) -> dict[str, Any]:
     fields = row if isinstance(row, Mapping) else {}
+    email = fields.get("invitee_email", fields.get("email"))
     record = outcome_record(
         outcome=outcome,
         message=message,
         event_type_id=fields.get("event_type_id"),
         start_time=fields.get("start_time"),
-        email=fields.get("invitee_email", fields.get("email")),
+        email=email if raw_email or email is None else mask_email(email),
+        row_key=fields.get("row_key"),
     )
     record["row"] = index
     return record
 
 
 def prepare_bookings(
-    rows: Iterable[Any], *, fixed: Mapping[str, Any] | None = None
+    rows: Iterable[Any], *, fixed: Mapping[str, Any] | None = None, record_email: str = "masked"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """
     Split rows into booking arguments and rejected rows.
@@ -66,6 +69,8 @@ def prepare_bookings(
     :param fixed: the booking arguments the task sets in ``partial()`` (e.g. ``event_type_id``,
         ``location``): checked with each row, and not allowed in a row as well (Airflow would refuse
         the row).
+    :param record_email: how the set-aside records carry the email: ``"masked"`` (default) or
+        ``"raw"``, as the operator's ``record_email``. A row's ``row_key`` is carried as it is.
     :return: ``(bookings, rejected)``: a list of keyword arguments, one per good row, and a list
         of outcome records, one per row set aside, each with ``outcome: "rejected"``, the reason in
         ``message`` (personal data masked) and ``row``, the row's index in ``rows``. A row that
@@ -77,6 +82,9 @@ def prepare_bookings(
     from airflow_provider_care360.exceptions import Care360ValidationError
     from airflow_provider_care360.validation import build_booking_payload
 
+    if record_email not in RECORD_EMAIL_MODES:
+        raise ValueError(f"record_email must be one of {', '.join(RECORD_EMAIL_MODES)}, got {record_email!r}")
+    raw = record_email == "raw"
     fixed = dict(fixed or {})
     unknown_fixed = set(fixed) - set(BOOKING_FIELDS)
     if unknown_fixed:
@@ -87,10 +95,14 @@ def prepare_bookings(
     allowed = ", ".join((*BOOKING_FIELDS, "email"))
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            rejected.append(_rejected(index, row, f"a {type(row).__name__} is not a row; allowed: a mapping"))
+            rejected.append(
+                _rejected(index, row, f"a {type(row).__name__} is not a row; allowed: a mapping", raw)
+            )
             continue
         if "email" in row and "invitee_email" in row:
-            rejected.append(_rejected(index, row, "both email and invitee_email are given; allowed: one"))
+            rejected.append(
+                _rejected(index, row, "both email and invitee_email are given; allowed: one", raw)
+            )
             continue
         kwargs = {("invitee_email" if key == "email" else key): value for key, value in row.items()}
         unknown = sorted(str(k) for k in kwargs if k not in BOOKING_FIELDS)
@@ -101,7 +113,7 @@ def prepare_bookings(
                 reasons.append(f"unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
             if twice:
                 reasons.append(f"{', '.join(twice)} also set for every row by the task; allowed: one place")
-            rejected.append(_rejected(index, row, "; ".join(reasons)))
+            rejected.append(_rejected(index, row, "; ".join(reasons), raw))
             continue
         merged = {**fixed, **kwargs}
         try:
@@ -116,7 +128,7 @@ def prepare_bookings(
                 tracking=merged.get("tracking"),
             )
         except Care360ValidationError as exc:
-            rejected.append(_rejected(index, row, "; ".join(exc.problems)))
+            rejected.append(_rejected(index, row, "; ".join(exc.problems), raw))
             continue
         same = (payload["email"].casefold(), payload["startTime"])
         if same in first_of:
@@ -126,6 +138,7 @@ def prepare_bookings(
                 "duplicate",
                 f"Row {index} repeats row {first_of[same]} (the same invitee at the same start): it is "
                 f"booked once, through row {first_of[same]}.",
+                raw,
             )
             record["duplicate_of"] = first_of[same]
             rejected.append(record)

@@ -9,7 +9,7 @@ instance, so each booking succeeds, fails or retries on its own. Each booking lo
 the invitee up first, so running the DAG again with the same rows books nobody twice.
 
 ``write_back`` runs when every booking has finished, whatever its state (``trigger_rule="all_done"``).
-It pulls every row's outcome record (XCom key ``care360_outcome``, across all map indexes), adds the
+It pulls every row's outcome record (``pull_outcomes``: across all map indexes), adds the
 rows set aside, and returns a summary: counts per outcome, and one line per row that did not end
 ``booked`` or ``already_booked``, with the reason. Swap its last lines for your warehouse or CRM hook.
 
@@ -38,7 +38,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
-from airflow_provider_care360.outcomes import OUTCOME_KEY, summarize_outcomes
+from airflow_provider_care360.outcomes import pull_outcomes, summarize_outcomes
 from airflow_provider_care360.rows import REJECTED_KEY, prepare_bookings
 
 EVENT_TYPE_ID = "85f13305-0647-4473-9e63-0a56af405f6f"
@@ -71,6 +71,7 @@ def crm_rows(dag_run: Any) -> list[dict[str, Any]]:
             "first_name": f"Patient{i:02d}",
             "timezone": "Europe/London",
             "tracking": {"utm_campaign": "batch", "salesforce_uuid": f"crm-{i:04d}"},
+            "row_key": f"crm-{i:04d}",  # your own id of the row: the records carry it for the write-back
         }
         for i in range(BATCH_SIZE)
     ]
@@ -101,12 +102,12 @@ with DAG(
     @task(trigger_rule="all_done")
     def write_back(rows: list[dict[str, Any]], ti: Any = None) -> dict[str, Any]:
         """Every row's outcome, matched to its row by map index (never by position)."""
-        records = ti.xcom_pull(task_ids="book_appointment", key=OUTCOME_KEY)
+        records = pull_outcomes(ti, "book_appointment")
         rejected = ti.xcom_pull(task_ids="load_invitees", key=REJECTED_KEY)
         summary = summarize_outcomes(records, rows, rejected or [])
         print(f"{summary['rows']} rows: {summary['counts']}")
         for problem in summary["problems"]:
-            print(f"  task {problem['map_index']}: {problem['outcome']}: {problem['reason']}")
+            print(f"  row {problem['row_key']}: {problem['outcome']}: {problem['reason']}")
         # Here: write summary["problems"] back, e.g. UPDATE referrals SET booking_error = ... per row.
         return summary
 

@@ -24,7 +24,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
-from airflow_provider_care360.outcomes import OUTCOME_KEY, summarize_outcomes
+from airflow_provider_care360.outcomes import pull_outcomes, summarize_outcomes
 from airflow_provider_care360.rows import REJECTED_KEY, prepare_bookings
 
 try:
@@ -95,7 +95,7 @@ with DAG(
     @task(trigger_rule="all_done")
     def report(rows: list[dict[str, Any]], ti: Any = None) -> dict[str, Any]:
         """Every referral of the hour: booked, already booked, or why not."""
-        records = ti.xcom_pull(task_ids="book_referral", key=OUTCOME_KEY)
+        records = pull_outcomes(ti, "book_referral")
         rejected = ti.xcom_pull(task_ids="select_referrals", key=REJECTED_KEY)
         return summarize_outcomes(records, rows, rejected or [])
 

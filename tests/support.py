@@ -86,6 +86,16 @@ def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1, key: str
         return XComModel.deserialize_value(row)
 
 
+def outcome_of(result: DagRunResult, task_id: str = "book", map_index: int = -1) -> Any:
+    """A booking task's outcome record: its return value when it succeeded, else ``care360_outcome``."""
+    from sqlalchemy.exc import NoResultFound
+
+    try:
+        return xcom_value(result, task_id, map_index)
+    except NoResultFound:
+        return xcom_value(result, task_id, map_index, key="care360_outcome")
+
+
 def all_xcom_and_rendered_text(result: DagRunResult) -> str:
     """Every XCom value and rendered template field of a run, as one string."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields

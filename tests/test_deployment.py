@@ -136,6 +136,13 @@ class Deployment:
         url = f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return _call(url)["value"]
 
+    def outcome(self, dag_id: str, run_id: str, task_id: str = "book") -> Any:
+        """The task's outcome record: its return value if it succeeded, else ``care360_outcome``."""
+        try:
+            return self.xcom(dag_id, run_id, "return_value", task_id)
+        except urllib.error.HTTPError:
+            return self.xcom(dag_id, run_id, "care360_outcome", task_id)
+
     def booking_in_flight(self, email: str, timeout: float = 120) -> dict[str, Any]:
         """The booking POST for ``email`` that the simulator has received (and is holding)."""
 
@@ -261,7 +268,7 @@ def test_killed_task_process_mid_request_is_retried_and_books_once(deployment: D
     ti = deployment.task("care360_d_book", run_id)
     assert (ti["state"], ti["try_number"]) == ("success", 2)
     assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
-    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "already_booked"
+    assert deployment.outcome("care360_d_book", run_id)["outcome"] == "already_booked"
 
 
 def test_heartbeat_timeout_while_the_old_try_waits_books_once(deployment: Deployment) -> None:
@@ -290,7 +297,7 @@ def test_clearing_a_successful_run_books_nobody_twice(deployment: Deployment) ->
     email = "cleared@example.com"
     run_id = deployment.trigger("care360_d_book", _row(email, days=7))
     assert deployment.finished("care360_d_book", run_id) == "success", deployment.tail()
-    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "booked"
+    assert deployment.outcome("care360_d_book", run_id)["outcome"] == "booked"
 
     _call(f"{deployment.api}/api/v2/dags/care360_d_book/dagRuns/{run_id}/clear", "POST", {"dry_run": False})
     _wait(
@@ -304,7 +311,7 @@ def test_clearing_a_successful_run_books_nobody_twice(deployment: Deployment) ->
     assert (ti["state"], ti["try_number"]) == ("success", 2)
     assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
     assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 1
-    assert deployment.xcom("care360_d_book", run_id, "care360_outcome")["outcome"] == "already_booked"
+    assert deployment.outcome("care360_d_book", run_id)["outcome"] == "already_booked"
 
 
 def test_without_the_lookup_a_try_after_a_killed_one_fails_as_ambiguous_without_sending(
@@ -320,7 +327,7 @@ def test_without_the_lookup_a_try_after_a_killed_one_fails_as_ambiguous_without_
     ti = deployment.task("care360_d_no_check", run_id)
     assert (ti["state"], ti["try_number"]) == ("failed", 2)  # failed at once: retries were left
     assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 1
-    record = deployment.xcom("care360_d_no_check", run_id, "care360_outcome")
+    record = deployment.outcome("care360_d_no_check", run_id)
     assert record["outcome"] == "ambiguous"
     assert "ended without recording Care360's answer" in record["message"]
     assert "clearing the task sends the booking again" in record["message"]
@@ -350,7 +357,7 @@ def test_without_the_lookup_a_killed_then_cleared_task_sends_once_more_and_succe
     assert deployment.finished("care360_d_no_check", run_id) == "success", deployment.tail()
     assert [r["body"]["email"] for r in deployment.sim.booking_requests].count(email) == 2
     assert [a["email"] for a in deployment.sim.appointments].count(email) == 1
-    assert deployment.xcom("care360_d_no_check", run_id, "care360_outcome")["outcome"] == "booked"
+    assert deployment.outcome("care360_d_no_check", run_id)["outcome"] == "booked"
 
 
 def test_two_runs_of_one_row_at_once_with_verify_booking_end_with_one_active_appointment(
@@ -363,7 +370,7 @@ def test_two_runs_of_one_row_at_once_with_verify_booking_end_with_one_active_app
         assert deployment.finished("care360_d_verify", run_id) == "success", deployment.tail()
     mine = [a for a in deployment.sim.appointments if a["email"] == email]
     assert len([a for a in mine if not a["cancelled"]]) == 1, mine
-    records = [deployment.xcom("care360_d_verify", r, "care360_outcome") for r in runs]
+    records = [deployment.outcome("care360_d_verify", r) for r in runs]
     cancelled = [i for record in records for i in record["cancelled"]]
     assert len(mine) == 1 or set(cancelled) == {a["id"] for a in mine if a["cancelled"]}
 

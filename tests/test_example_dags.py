@@ -99,6 +99,7 @@ def test_batch_example_writes_back_every_row_of_a_mixed_batch(simulator: Any) ->
             "start_time": iso(next_slot(days=3, offset_slots=i)),
             "invitee_email": f"row{i}@example.com",
             "timezone": "UTC",
+            "row_key": f"crm-{i}",
             **overrides,
         }
 
@@ -124,23 +125,19 @@ def test_batch_example_writes_back_every_row_of_a_mixed_batch(simulator: Any) ->
     summary = xcom_value(result, "write_back")
     assert summary["rows"] == 7
     assert summary["counts"] == {"booked": 2, "already_booked": 1, "rejected": 4}
-    by_email = {p["email"]: p for p in summary["problems"]}
-    assert sorted(by_email) == ["not-an-email", "row2@example.com", "row5@example.com", "row6@example.com"]
-    assert (by_email["row2@example.com"]["map_index"], by_email["row2@example.com"]["http_status"]) == (
-        2,
-        400,
-    )
-    assert "not a correct slot" in by_email["row2@example.com"]["reason"]
-    assert by_email["row2@example.com"]["start_time"] == iso(off_slot)
-    set_aside = {e: p for e, p in by_email.items() if p["map_index"] is None}
-    assert {e: p["row"] for e, p in set_aside.items()} == {
-        "not-an-email": 3,
-        "row5@example.com": 5,
-        "row6@example.com": 6,
-    }
-    assert "email:" in set_aside["not-an-email"]["reason"]
-    assert "both email and invitee_email" in set_aside["row5@example.com"]["reason"]
-    assert "unknown key(s) phone" in set_aside["row6@example.com"]["reason"]
+    by_key = {p["row_key"]: p for p in summary["problems"]}  # joined by the row's own key
+    assert sorted(by_key) == ["crm-2", "crm-3", "crm-5", "crm-6"]
+    assert (by_key["crm-2"]["map_index"], by_key["crm-2"]["http_status"]) == (2, 400)
+    assert "not a correct slot" in by_key["crm-2"]["reason"]
+    assert by_key["crm-2"]["start_time"] == iso(off_slot)
+    set_aside = {k: p for k, p in by_key.items() if p["map_index"] is None}
+    assert {k: p["row"] for k, p in set_aside.items()} == {"crm-3": 3, "crm-5": 5, "crm-6": 6}
+    assert "email:" in set_aside["crm-3"]["reason"]
+    assert "both email and invitee_email" in set_aside["crm-5"]["reason"]
+    assert "unknown key(s) phone" in set_aside["crm-6"]["reason"]
+    # No invitee address in clear anywhere in the summary or the records.
+    for address in ("row0@example.com", "row2@example.com", "row5@example.com", "also@example.com"):
+        assert address not in str(summary)
     assert all("also@example.com" not in str(r["body"]) for r in simulator.booking_requests)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -130,6 +132,35 @@ def _failed_in_tls_handshake(exc: BaseException) -> bool:
             return tb is not None and tb.tb_frame.f_code.co_name == "do_handshake"
         stack.extend([getattr(err, "reason", None), err.__cause__, err.__context__, *err.args])
     return False
+
+
+class _QueryRedactor(logging.Filter):
+    """
+    Hides query strings in urllib3's connection log: at DEBUG it logs every request line,
+    ``GET /api/v1/calendar/appointments?user_email=jane.doe%40example.com``, which would put the
+    invitee's address in the task log.
+    """
+
+    _QUERY = re.compile(r"\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and any(isinstance(a, str) and "?" in a for a in _args(record)):
+            record.msg = self._QUERY.sub("?***", record.getMessage())
+            record.args = ()
+        elif isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = self._QUERY.sub("?***", record.msg)
+        return True
+
+
+def _args(record: logging.LogRecord) -> tuple[Any, ...]:
+    return record.args if isinstance(record.args, tuple) else (record.args,)
+
+
+def _redact_urllib3_log() -> None:
+    """Install :class:`_QueryRedactor` on urllib3's connection logger, once per process."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _QueryRedactor) for f in logger.filters):
+        logger.addFilter(_QueryRedactor())
 
 
 def _user_agent() -> str:
@@ -319,6 +350,7 @@ class Care360Hook(BaseHook):
         import requests
         from requests.adapters import HTTPAdapter
 
+        _redact_urllib3_log()
         session = requests.Session()
         # No transport-level retries: a booking POST must never be re-sent behind our back.
         adapter = HTTPAdapter(max_retries=0)

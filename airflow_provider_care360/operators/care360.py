@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_care360._contract import BOOKING_FIELDS
+from airflow_provider_care360._contract import BOOKING_FIELDS, PERSONAL_FIELDS, RECORD_EMAIL_MODES
+from airflow_provider_care360._pii import mask_email, mask_name
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360RetryPolicy
 
 #: The policy a task gets when neither it nor its DAG's ``default_args`` names one (Airflow >= 3.3).
@@ -19,6 +20,7 @@ from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED, Care360Retr
 DEFAULT_RETRY_POLICY: Any = Care360RetryPolicy() if RETRY_POLICIES_SUPPORTED else None
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.providers.common.compat.sdk import Context
 
     from airflow_provider_care360.booking.engine import BookingEngine
@@ -63,6 +65,11 @@ class ScheduleAppointmentOperator(BaseOperator):
     :param tracking: UTM and correlation metadata: a dict with any of ``utmCampaign``,
         ``utmSource``, ``utmMedium``, ``utmContent``, ``utmTerm``, ``salesforceUuid`` (or their
         snake_case twins), values string or ``None``. (templated)
+    :param row_key: your own id of the row (a CRM or warehouse key), carried by the outcome record so a
+        write-back joins on it. Not sent to Care360. (templated)
+    :param record_email: how the outcome record carries the invitee's email: ``"masked"`` (default,
+        ``j***@e***.com``) or ``"raw"`` (the address as sent, for a write-back that joins on it; it
+        then sits in Airflow's XCom table).
     :param care360_conn_id: the Airflow connection to use. (templated)
     :param request_timeout: request timeout in seconds (one number or ``(connect, read)``);
         overrides the connection's ``extra.timeout``.
@@ -103,6 +110,8 @@ class ScheduleAppointmentOperator(BaseOperator):
         first_name: str | None = None,
         last_name: str | None = None,
         tracking: dict[str, str | None] | str | None = None,
+        row_key: Any = None,
+        record_email: str = "masked",
         care360_conn_id: str = "care360_default",
         request_timeout: Timeout | None = None,
         check_existing: bool = True,
@@ -124,6 +133,12 @@ class ScheduleAppointmentOperator(BaseOperator):
         self.first_name = first_name
         self.last_name = last_name
         self.tracking = tracking
+        self.row_key = row_key
+        if record_email not in RECORD_EMAIL_MODES:
+            raise ValueError(
+                f"record_email must be one of {', '.join(RECORD_EMAIL_MODES)}, got {record_email!r}"
+            )
+        self.record_email = record_email
         self.care360_conn_id = care360_conn_id
         self.request_timeout = request_timeout
         self.check_existing = check_existing
@@ -147,6 +162,30 @@ class ScheduleAppointmentOperator(BaseOperator):
             )
         self.retry_on_ambiguous = retry_on_ambiguous
 
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Any,
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        # The one place every rendering passes through, plain and mapped tasks alike (a mapped task
+        # renders its unmapped operator through this method: airflow/sdk/definitions/mappedoperator.py).
+        # Airflow stores the rendered attributes right after rendering (rendered_task_instance_fields,
+        # shown under Rendered Templates): keep the real values for the request, and leave masked ones
+        # on the attributes Airflow reads.
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        if parent is self:
+            self._personal = {name: getattr(self, name) for name in PERSONAL_FIELDS}
+            for name, value in self._personal.items():
+                object.__setattr__(self, name, _masked(name, value))
+
+    def _field(self, name: str) -> Any:
+        """A booking field as rendered: the real value of a personal field, not its masked form."""
+        personal: dict[str, Any] = getattr(self, "_personal", {})
+        return personal[name] if name in personal else getattr(self, name)
+
     @cached_property
     def hook(self) -> Care360Hook:
         from airflow_provider_care360.hooks.care360 import Care360Hook
@@ -154,14 +193,15 @@ class ScheduleAppointmentOperator(BaseOperator):
         return Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_care360.outcomes import OUTCOME_KEY, outcome_record
+        from airflow_provider_care360.outcomes import OUTCOME_KEY, appointment_summary, outcome_record
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
         record = outcome_record(
             event_type_id=self.event_type_id,
             start_time=self.start_time,
-            email=self.invitee_email,
+            email=self._recorded_email(self._field("invitee_email")),
+            row_key=self.row_key,
             map_index=map_index if isinstance(map_index, int) else -1,
             try_number=getattr(ti, "try_number", None),
         )
@@ -179,12 +219,14 @@ class ScheduleAppointmentOperator(BaseOperator):
             outcome=result.outcome.value,
             http_status=result.http_status,
             response=result.response,
-            appointment=result.appointment,
+            appointment=appointment_summary(result.appointment),
             message=result.message,
             cancelled=result.cancelled,
         )
-        self._push_outcome(ti, OUTCOME_KEY, record)
-        return record
+        return record  # pushed once, as the return value; a failed try pushes it under OUTCOME_KEY
+
+    def _recorded_email(self, email: Any) -> Any:
+        return email if self.record_email == "raw" or not isinstance(email, str) else mask_email(email)
 
     def _engine(self, context: Context, record: dict[str, Any]) -> BookingEngine:
         """Validate the fields and build the engine with this try's journal."""
@@ -197,12 +239,12 @@ class ScheduleAppointmentOperator(BaseOperator):
         fields: dict[str, Any] = {
             "event_type_id": self.event_type_id,
             "start_time": self.start_time,
-            "email": self.invitee_email,
+            "email": self._field("invitee_email"),
             "timezone": self.timezone,
             "location": self.location,
-            "first_name": self.first_name,
-            "last_name": self.last_name,
-            "tracking": self.tracking,
+            "first_name": self._field("first_name"),
+            "last_name": self._field("last_name"),
+            "tracking": self._field("tracking"),
         }
         try:
             # A past start is checked below: a retry may first have to look for an earlier try's booking.
@@ -211,7 +253,9 @@ class ScheduleAppointmentOperator(BaseOperator):
             build_booking_payload(**fields)  # raises, listing every problem (a past start too)
             raise
         record.update(
-            event_type_id=payload["eventTypeId"], start_time=payload["startTime"], email=payload["email"]
+            event_type_id=payload["eventTypeId"],
+            start_time=payload["startTime"],
+            email=self._recorded_email(payload["email"]),
         )
         start = parse_instant(payload["startTime"])
         problem = past_start_problem(start) if start is not None else None
@@ -274,3 +318,16 @@ def _record_failure(record: dict[str, Any], exc: BaseException, *, sent: bool) -
         if sent
         else f"The try ended with {type(exc).__name__} before any booking was sent."
     )
+
+
+def _masked(name: str, value: Any) -> Any:
+    """The form of a personal field that Airflow may store and show: masked, its shape kept."""
+    if value is None or value == "":
+        return value
+    if name == "invitee_email":
+        return mask_email(value)
+    if name == "tracking":
+        if isinstance(value, dict):
+            return {key: None if item is None else "***" for key, item in value.items()}
+        return "***"
+    return mask_name(value)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import NoResultFound
 
 from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
 from airflow_provider_care360.retry import RETRY_POLICIES_SUPPORTED
@@ -50,9 +51,12 @@ def test_fields_templated_from_params_book_once_and_return_the_outcome_record(si
     assert (record["event_type_id"], record["start_time"], record["email"]) == (
         "85f13305-0647-4473-9e63-0a56af405f6f",
         iso(start),
-        "jane.doe@example.com",
+        "j***@e***.com",  # masked by default (record_email="raw" keeps the address)
     )
-    assert xcom_value(result, "book", key="care360_outcome") == record
+    assert record["row_key"] is None
+    # Pushed once: the return value. Only a failed try pushes it under care360_outcome.
+    with pytest.raises(NoResultFound):
+        xcom_value(result, "book", key="care360_outcome")
     # It looked before it booked: one lookup, then one booking.
     assert [(r["method"], r["status"]) for r in simulator.requests] == [("GET", 404), ("POST", 200)]
     [booking] = simulator.bookings
@@ -136,7 +140,7 @@ def test_mapped_batch_books_each_invitee_in_its_own_task_instance(simulator: Any
     assert sorted(b["email"] for b in simulator.bookings) == sorted(i["invitee_email"] for i in invitees)
     records = [xcom_value(result, "book", i) for i in range(5)]
     assert [(r["outcome"], r["map_index"], r["email"]) for r in records] == [
-        ("booked", i, f"patient{i}@example.com") for i in range(5)
+        ("booked", i, "p***@e***.com") for i in range(5)
     ]
 
 
@@ -312,7 +316,10 @@ def test_api_key_never_in_logs_xcom_or_rendered_fields(simulator: Any, api_key: 
     logs = out.out + out.err
     log_files = "".join(p.read_text(errors="replace") for p in Path(AIRFLOW_LOGS()).rglob("*") if p.is_file())
     stored = all_xcom_and_rendered_text(result) + all_xcom_and_rendered_text(failed)
-    assert "jane.doe@example.com" in stored and "Zephyrine" in stored  # the scan sees rendered fields
+    # The rendered fields hold the masked forms (the scan sees them), never the invitee in clear.
+    assert "j***@e***.com" in stored and "Z***" in stored and "Q***" in stored
+    for pii in ("jane.doe@example.com", "Zephyrine", "Quillfeather", "Jane"):
+        assert pii not in stored
     hook = Care360Hook()
     hook.get_conn()
     task = get_test_dag("care360_t_params").get_task("book")
@@ -425,6 +432,7 @@ def test_email_is_not_a_booking_field_and_invitee_email_is() -> None:
         "first_name",
         "last_name",
         "tracking",
+        "row_key",
         "care360_conn_id",
     }
     task = get_test_dag("care360_t_alerting").get_task("book")
