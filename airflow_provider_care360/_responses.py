@@ -113,12 +113,14 @@ def redact(text: str, secret: str | None, personal: Sequence[str] = ()) -> str:
             text = text.replace(form, "***")
     folded = text.casefold() if personal else ""
     for value in personal:
-        if value.casefold() not in folded:
-            continue
-        if "@" in value:
-            text = re.sub(re.escape(value), mask_email(value), text, flags=re.IGNORECASE)
-        elif len(value) > 1:  # a name: whole words only, so "Al" leaves "Invalid" alone
-            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", mask_name(value), text, flags=re.IGNORECASE)
+        for form in _secret_forms(value):  # as echoed verbatim, URL-encoded or JSON-escaped
+            if form.casefold() not in folded:
+                continue
+            if "@" in value:
+                text = re.sub(re.escape(form), mask_email(value), text, flags=re.IGNORECASE)
+            elif len(value) > 1:  # a name: whole words only, so "Al" leaves "Invalid" alone
+                text = re.sub(rf"(?<!\w){re.escape(form)}(?!\w)", mask_name(value), text, flags=re.IGNORECASE)
+            folded = text.casefold()
     return text
 
 

@@ -72,7 +72,9 @@ def find_care360_error(exception: BaseException | None) -> Care360Error | None:
         # one was raised, unless ``raise ... from None`` suppressed it.
         if exception.__cause__ is not None:
             exception = exception.__cause__
-        elif exception.__suppress_context__:
+        elif exception.__suppress_context__ or not isinstance(exception, Exception):
+            # A timeout or a termination (a BaseException) raised while an error was being handled
+            # is about the task, not about that error: it does not carry its retry decision.
             exception = None
         else:
             exception = exception.__context__

@@ -450,3 +450,21 @@ def test_errors_survive_airflows_own_serialization() -> None:
     )
     # AirflowException.status_code (the status Airflow's API server answers with) is left alone.
     assert "status_code" not in vars(rebuilt) and "status_code" not in vars(throttled.value)
+
+
+def test_personal_data_echoed_url_encoded_or_json_escaped_is_masked_too() -> None:
+    email = "jane.doe+intake@smallclinic-family.com"
+    body = {
+        "status": 404,
+        "success": False,
+        "message": "Cannot GET /api/v1/calendar/appointments"
+        "?user_email=jane.doe%2Bintake%40smallclinic-family.com",
+        "error": "no route for user_email=jane.doe+intake@smallclinic-family.com",
+    }
+    with pytest.raises(Care360LookupUnusableError) as caught:
+        parse_lookup_response(
+            404, {}, json.dumps(body).encode(), conn_id="c", by_email=True, personal=[email], now=NOW
+        )
+    text = str(caught.value) + json.dumps(caught.value.response)
+    assert "jane.doe" not in text.lower() and "smallclinic" not in text.lower()
+    assert "j***@s***.com" in text

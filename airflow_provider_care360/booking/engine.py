@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from airflow_provider_care360._pii import mask_email
 from airflow_provider_care360._responses import AtInstant, lookup_unclear
-from airflow_provider_care360.booking.journal import BookingJournal, Entry
+from airflow_provider_care360.booking.journal import Entry
 from airflow_provider_care360.exceptions import (
     Care360AmbiguousError,
     Care360AmbiguousRetryableError,
@@ -47,7 +47,7 @@ from airflow_provider_care360.exceptions import (
 )
 from airflow_provider_care360.outcomes import Outcome
 
-__all__ = ["DEFAULT_APPLY_WINDOW", "BookingEngine", "BookingOptions", "BookingResult", "Clock"]
+__all__ = ["DEFAULT_APPLY_WINDOW", "BookingEngine", "BookingOptions", "BookingResult", "Clock", "Journal"]
 
 #: Seconds after an unclear answer during which Care360 may still apply the request and show it in
 #: lookups. The contract promises no bound (section 3); 60 s covers a backend that books 30 s after
@@ -71,6 +71,26 @@ class BookingHook(Protocol):
 
     @property
     def request_window(self) -> float: ...
+
+
+class Journal(Protocol):
+    """What the engine needs of a journal: a single booking's, or one row's of a batch."""
+
+    fingerprint: str
+
+    def prior(self) -> Entry | None: ...
+
+    def is_stale(self, entry: Entry) -> bool: ...
+
+    def sending(self, window: float) -> None: ...
+
+    def unclear(self) -> float: ...
+
+    def done(self, outcome: str) -> None: ...
+
+    def known(self, outcome: str) -> None: ...
+
+    def forget(self) -> None: ...
 
 
 class Logger(Protocol):
@@ -140,6 +160,8 @@ class BookingEngine:
         journal shows an earlier try may have booked it (then the engine looks and reports what it
         finds, or replays the earlier try's booking).
     :param clock: the wall clock and sleep.
+    :param should_stop: asked right before each send; ``True`` (Airflow asked the task to stop:
+        ``on_kill``) sends nothing more.
 
     After :meth:`run` returns or raises, :attr:`sent` says whether a booking request left.
     """
@@ -149,11 +171,12 @@ class BookingEngine:
         hook: BookingHook,
         payload: dict[str, Any],
         options: BookingOptions,
-        journal: BookingJournal | None,
+        journal: Journal | None,
         log: Logger,
         *,
         past_start: Care360ValidationError | None = None,
         clock: Clock | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.hook = hook
         self.payload = payload
@@ -162,6 +185,7 @@ class BookingEngine:
         self.log = log
         self.past_start = past_start
         self.clock = clock or Clock()
+        self.should_stop = should_stop
         self.sent = False
         who = mask_email(payload["email"])
         self.what = f"event type {payload['eventTypeId']} at {payload['startTime']} for {who}"
@@ -178,21 +202,39 @@ class BookingEngine:
         if (replayed := self._replay(prior)) is not None:
             return replayed
         in_flight = prior if prior is not None and prior.state == "sending" else None
+        if in_flight is not None and self.journal is not None:
+            other = in_flight.fingerprint is not None and in_flight.fingerprint != self.journal.fingerprint
+            if other and not self.journal.is_stale(in_flight):
+                raise Care360AmbiguousError(
+                    f"Try {in_flight.try_number} of this task sent a booking with other fields than this "
+                    "try's and recorded no outcome: that booking may exist. Nothing was sent: a task books "
+                    "once. Check the calendar for this invitee; clearing the task books the new fields "
+                    "(if no appointment exists at their start).",
+                    summary=f"try {in_flight.try_number} sent other fields",
+                )
         if self.past_start is not None:
             if in_flight is None:
                 raise self.past_start
-            found = self._look().found
+            found = self._look(in_flight).found
+            if found is None:
+                self._wait_out(in_flight)
+                found = self._look(in_flight).found
             if found is not None:
                 return self._already(
                     found, "booked by an earlier try of this task (the start has passed since)"
                 )
-            raise self.past_start
-        reading = self._look()
+            raise Care360AmbiguousError(
+                f"{self.past_start.problems[0]}. An earlier try of this task sent the booking and recorded "
+                "no outcome, and the lookup does not show it; but Care360 leaves out appointments that have "
+                "ended, so it may exist. Nothing was sent by this try: check the calendar for this invitee.",
+                summary="the start has passed and an earlier try's booking may exist",
+            )
+        reading = self._look(in_flight)
         if reading.found is not None:
             return self._already(reading.found, "nothing was sent")
         if in_flight is not None:
             self._wait_out(in_flight)
-            reading = self._look()
+            reading = self._look(in_flight)
             if reading.found is not None:
                 return self._already(reading.found, f"booked by try {in_flight.try_number}; nothing was sent")
         return self._send_and_settle()
@@ -204,10 +246,15 @@ class BookingEngine:
         if prior.outcome != Outcome.BOOKED.value or self.journal.is_stale(prior):
             return None
         if prior.fingerprint != self.journal.fingerprint:
+            then = (
+                "clear the task to book the new fields (it looks first, and books only if no "
+                "appointment exists at their start)"
+                if self.options.check_existing
+                else "clear the task to book the new fields"
+            )
             raise Care360BadRequestError(
                 f"Try {prior.try_number} of this task already booked an appointment with other "
-                "booking fields than this try's. Nothing was sent: a task books once; clear the "
-                "task to book the new fields.",
+                f"booking fields than this try's. Nothing was sent: a task books once; {then}.",
                 summary=f"try {prior.try_number} booked other fields",
             )
         self.log.info("Try %s of this task booked this appointment: nothing was sent", prior.try_number)
@@ -274,7 +321,7 @@ class BookingEngine:
         # booking's error as its context (the retry policy would read it as the cause).
         if error.outcome is Outcome.AMBIGUOUS:
             return self._settle(error)
-        if isinstance(error, Care360BadRequestError) and error.http_status == 400:
+        if isinstance(error, Care360BadRequestError) and error.http_status in (400, 409, 422):
             if (already := self._settle_refusal(error)) is not None:
                 return already
         if self.journal:
@@ -283,13 +330,36 @@ class BookingEngine:
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _look(self) -> AtInstant:
-        reading = self.hook.appointments_at(email=self.payload["email"], start_time=self.payload["startTime"])
-        if not reading.clear:
-            raise lookup_unclear(reading)
+    def _look(self, in_flight: Entry | None = None) -> AtInstant:
+        """
+        Look the invitee up at the start. While an earlier try's request may be in flight, a failed
+        lookup must not read as "nothing was booked": its error becomes ambiguous.
+        """
+        try:
+            reading = self.hook.appointments_at(
+                email=self.payload["email"], start_time=self.payload["startTime"]
+            )
+            if not reading.clear:
+                raise lookup_unclear(reading)
+        except Care360Error as exc:
+            if in_flight is None or exc.outcome is Outcome.AMBIGUOUS:
+                raise
+            cls = Care360AmbiguousRetryableError if exc.retryable else Care360AmbiguousError
+            then = "Airflow will retry: that try looks first." if exc.retryable else "Check the calendar."
+            raise cls(
+                f"{exc.summary}. Try {in_flight.try_number} of this task sent the booking and recorded no "
+                f"outcome, so the booking may exist; nothing was sent by this try. {then}",
+                retry_after=exc.retry_after,
+                **self._details(exc),
+            ) from None
         return reading
 
     def _send(self) -> dict[str, Any]:
+        if self.should_stop():
+            raise Care360NotSentError(
+                "The task was asked to stop before the booking was sent: nothing was sent.",
+                summary="the task was asked to stop",
+            )
         if self.journal:
             self.journal.sending(window=self.hook.request_window)  # the fence: no write, no send
         self.log.info("Booking Care360 %s", self.what)
@@ -308,7 +378,7 @@ class BookingEngine:
     def _already(self, found: dict[str, Any], how: str) -> BookingResult:
         self.log.info("Care360 already has %s: %s", self.what, how)
         if self.journal:
-            self.journal.forget()
+            self.journal.known(Outcome.ALREADY_BOOKED.value)
         return BookingResult(
             Outcome.ALREADY_BOOKED,
             f"The appointment already exists at this start: {how}.",
@@ -347,8 +417,12 @@ class BookingEngine:
             found = self._look().found
         except Care360Error as exc:
             lookup_error, found = exc, None
+        safe_at = unclear_at + self.options.apply_window
         if found is not None:
             if self.options.verify_booking:
+                # The appointment found may be another run's, with this try's request still to land:
+                # look for a second one only once the apply window has ended.
+                self.clock.sleep(max(0.0, safe_at - self.clock.now()))
                 result = BookingResult(Outcome.BOOKED, "", error.http_status, error.response, found)
                 self._verify(result)
                 found = result.appointment
@@ -358,12 +432,11 @@ class BookingEngine:
             message = f"{error.summary}. The lookup shows the appointment exists: booked once."
             self.log.info("%s", message)
             if self.journal:
-                self.journal.forget()
+                self.journal.known(Outcome.BOOKED.value)
             return BookingResult(
                 Outcome.BOOKED, message, error.http_status, error.response, found, cancelled=cancelled
             )
-        safe_at = unclear_at + self.options.apply_window
-        if self.journal is None and lookup_error is None:
+        if self.journal is None:
             # No task_state_store (Airflow < 3.3): nothing carries "in flight" to the next try, so
             # this try holds the apply window itself, then looks once more.
             self.log.warning(
@@ -376,6 +449,7 @@ class BookingEngine:
                 found = self._look().found
             except Care360Error as exc:
                 lookup_error = exc
+                safe_at = self.clock.now()  # the window has ended: the next try's lookup can be trusted
             else:
                 if found is not None:
                     message = f"{error.summary}. The lookup shows the appointment exists: booked once."
@@ -425,7 +499,7 @@ class BookingEngine:
         if found is None:
             return None
         if self.journal:
-            self.journal.forget()
+            self.journal.known(Outcome.ALREADY_BOOKED.value)
         return BookingResult(
             Outcome.ALREADY_BOOKED,
             f"{error.summary}; the lookup shows the invitee's appointment at this start exists "
@@ -451,13 +525,25 @@ class BookingEngine:
         keep, extras = reading.active[0], reading.active[1:]
         result.appointment = keep
         for extra in extras:
-            appointment_id = str(extra.get("id"))
+            if not isinstance(extra.get("id"), str) or not extra["id"]:
+                result.message += " A second appointment without an id exists and could not be cancelled."
+                continue
+            appointment_id = extra["id"]
             try:
                 self.hook.cancel_appointment(
                     email=self.payload["email"], appointment_id=appointment_id, reason=_CANCEL_REASON
                 )
-            except Care360BadRequestError:
-                # Already cancelled (by the other run's check, which found the same pair).
+            except Care360BadRequestError as exc:
+                # Refused: cancelled already (by the other run's check, which found the same pair), or
+                # refused outright. Only a lookup tells which.
+                if self._still_active(appointment_id):
+                    self.log.warning(
+                        "Care360 refused to cancel appointment %s (%s)", appointment_id, exc.summary
+                    )
+                    result.message += (
+                        f" A second appointment ({appointment_id}) exists and could not be cancelled."
+                    )
+                    continue
                 self.log.info("Duplicate appointment %s was already cancelled", appointment_id)
             except Care360Error as exc:
                 self.log.warning(
@@ -476,6 +562,15 @@ class BookingEngine:
                 f" A second appointment for the invitee at this start was found and cancelled "
                 f"({', '.join(result.cancelled)}); the earlier one ({keep.get('id')}) stands."
             )
+
+    def _still_active(self, appointment_id: str) -> bool:
+        try:
+            reading = self.hook.appointments_at(
+                email=self.payload["email"], start_time=self.payload["startTime"]
+            )
+        except Care360Error:
+            return True  # cannot tell: do not claim it was cancelled
+        return any(a.get("id") == appointment_id for a in reading.active)
 
     @staticmethod
     def _details(error: Care360Error) -> dict[str, Any]:

@@ -7,11 +7,13 @@ store, whose rows "retries of the same task share" (``airflow/models/task_state_
 ``[state_store] clear_on_success``, the REST API or ``airflow state-store cleanup`` (after the
 retention, 30 days by default) delete them.
 
-So each entry names the *attempt* that wrote it: the first try number since the task was last
-cleared. A clear sets ``max_tries = try_number + retries``, so a try computes its attempt as
-``max_tries - retries + 1``, the same sum Airflow's own task runner uses for "the first try since
-the last clear" (``get_first_reschedule_date`` in ``airflow/sdk/execution_time/task_runner.py``).
-An entry of an earlier attempt is stale: the task was cleared since, and this try is a fresh start.
+So each entry names the *attempt* that wrote it: the task instance's ``max_tries`` as the server
+sent it to the try. Only a clear changes it: ``clear_task_instances`` sets ``max_tries =
+try_number + retries`` (``airflow/models/taskinstance.py``), as does the scheduler for a cleared
+running task (``airflow/jobs/scheduler_job_runner.py``); retries, heartbeat timeouts and killed
+workers leave it alone, and a DAG file edited to another ``retries`` does not change it either
+(``max_tries`` is set when the task instance is created). An entry of another attempt is stale:
+the task was cleared since, and this try is a fresh start.
 
 Before a try sends a booking it writes ``state: "sending"``; when an answer leaves the outcome
 unclear it adds ``unclear_at``. A booking Care360 answered 200 to becomes ``state: "done"``, kept so
@@ -60,17 +62,14 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def attempt_of(try_number: Any, max_tries: Any, retries: Any) -> int | None:
+def attempt_of(max_tries: Any) -> int | None:
     """
-    The first try number of the attempt a try belongs to: ``max_tries - retries + 1``.
+    The attempt marker of a try: the task instance's ``max_tries`` as the server sent it.
 
     Tries of one attempt (retries after failures, a killed worker, a heartbeat timeout) share it; a
-    clear starts a new attempt with a higher one. ``None`` where the numbers are not known.
+    clear changes it. ``None`` where it is not known.
     """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (try_number, max_tries, retries)):
-        return None
-    attempt = max_tries - retries + 1
-    return attempt if 1 <= attempt <= try_number else None
+    return max_tries if isinstance(max_tries, int) and not isinstance(max_tries, bool) else None
 
 
 @dataclass(frozen=True)
@@ -177,12 +176,10 @@ class BookingJournal:
         return Entry.read(self._store.get(KEY))
 
     def is_stale(self, entry: Entry) -> bool:
-        """Whether ``entry`` was written before the task was last cleared (an earlier attempt)."""
-        if entry.attempt is None or self.attempt is None:
-            # An entry without an attempt (or a try that cannot tell its own) is taken as current:
-            # in doubt, the journal keeps protecting the booking.
-            return False
-        return entry.attempt < self.attempt
+        """Whether ``entry`` was written before the task was last cleared (another attempt)."""
+        if self.attempt is None:
+            return False  # a try that cannot tell its attempt keeps protecting the booking
+        return entry.attempt != self.attempt
 
     def sending(self, window: float) -> None:
         """
@@ -203,8 +200,12 @@ class BookingJournal:
         """Record what came of this try's booking (kept, for a retry to replay it)."""
         self._write(state="done", outcome=outcome)
 
+    def known(self, outcome: str) -> None:
+        """The lookup showed the outcome: a later lookup shows it too, so the entry is deleted."""
+        self.forget()
+
     def forget(self) -> None:
-        """Delete the entry: the outcome is known, and nothing later needs it."""
+        """Delete the entry: nothing was applied, or the outcome is known, and nothing later needs it."""
         self._store.delete(KEY)
         self._current = None
 

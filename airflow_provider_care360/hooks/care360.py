@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -60,6 +61,10 @@ class _Settings:
     base_url: str
     api_key: str = field(repr=False)
     timeout: tuple[float, float]
+
+
+class _Overdue(Exception):
+    """The answer was not read whole before the request's deadline."""
 
 
 class _ApiKeyAuth:
@@ -381,6 +386,9 @@ class Care360Hook(BaseHook):
 
         settings = self.settings
         url = settings.base_url + path
+        # requests' read timeout bounds each read, not the answer: a server trickling its body would
+        # hold the try (and a journal's in-flight window) open. The whole answer gets one deadline.
+        deadline = time.monotonic() + settings.timeout[0] + settings.timeout[1]
         try:
             response = self.get_conn().request(
                 method, url, timeout=settings.timeout, allow_redirects=False, stream=True, **kwargs
@@ -399,7 +407,22 @@ class Care360Hook(BaseHook):
                 ) from None
             raise error from None
         try:
-            body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+            body = self._read_body(response.raw, deadline)
+        except _Overdue:
+            what = (
+                f"Care360 at {settings.base_url} took longer than the connect and read timeouts "
+                f"({sum(settings.timeout):g} s) to send its whole answer"
+            )
+            if read_only:
+                raise Care360LookupError(
+                    f"{what}. Nothing was booked; a lookup is safe to repeat, and Airflow will retry.",
+                    summary=f"{what} (lookup)",
+                ) from None
+            raise Care360AmbiguousError(
+                f"{what}. The booking may or may not exist: check the calendar for this invitee before "
+                "running the task again.",
+                summary=what,
+            ) from None
         except Exception as exc:  # a reset or a broken chunk while reading the answer
             if read_only:
                 raise Care360LookupError(
@@ -418,6 +441,24 @@ class Care360Hook(BaseHook):
         if len(body) > MAX_BODY_BYTES:
             body = b""  # far larger than any API answer: treat it as unreadable
         return response.status_code, dict(response.headers), body
+
+    @staticmethod
+    def _read_body(raw: Any, deadline: float) -> bytes:
+        """The answer's body, up to one byte past ``MAX_BODY_BYTES``; ``_Overdue`` past ``deadline``."""
+        read = getattr(raw, "read1", None)  # urllib3 >= 2: what one socket read gives, never more
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            if time.monotonic() > deadline:
+                raise _Overdue
+            chunk = (
+                read(65536, decode_content=True) if read is not None else raw.read(4096, decode_content=True)
+            )
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
     @staticmethod
     def _transport_error(exc: Exception, base_url: str) -> Care360Error:

@@ -209,8 +209,13 @@ class ScheduleAppointmentOperator(BaseOperator):
         try:
             engine = self._engine(context, record)
             result = engine.run()
-        except BaseException as exc:  # a timeout or a termination is recorded too, then re-raised
-            _record_failure(record, exc, sent=engine is not None and engine.sent)
+        except BaseException as exc:  # a timeout (AirflowTaskTimeout) is recorded too, then re-raised
+            _record_failure(
+                record,
+                exc,
+                sent=engine is not None and engine.sent,
+                then=_after_unclear(self.check_existing, context.get("task_state_store") is not None),
+            )
             self._push_outcome(ti, OUTCOME_KEY, record)
             raise
         finally:
@@ -268,7 +273,7 @@ class ScheduleAppointmentOperator(BaseOperator):
                 store,
                 fingerprint=fingerprint(payload),
                 try_number=try_number,
-                attempt=attempt_of(try_number, max_tries, self.retries),
+                attempt=attempt_of(max_tries),
             )
         tries_left = isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
         options = BookingOptions(
@@ -286,7 +291,13 @@ class ScheduleAppointmentOperator(BaseOperator):
             journal,
             self.log,
             past_start=Care360ValidationError([problem]) if problem else None,
+            should_stop=lambda: getattr(self, "_stopping", False),
         )
+
+    def on_kill(self) -> None:
+        # Airflow calls this on SIGTERM (a mark-success, mark-failed or clear of a running task) and
+        # gives the task a few seconds before SIGKILL: send nothing more meanwhile.
+        self._stopping = True
 
     def _push_outcome(self, ti: Any, key: str, record: dict[str, Any]) -> None:
         try:
@@ -295,7 +306,25 @@ class ScheduleAppointmentOperator(BaseOperator):
             self.log.warning("Could not push the %s record to XCom", key, exc_info=True)
 
 
-def _record_failure(record: dict[str, Any], exc: BaseException, *, sent: bool) -> None:
+def _after_unclear(check_existing: bool, journal: bool) -> str:
+    """What happens after a try ended without knowing whether its booking request was applied."""
+    if not check_existing:
+        return (
+            "Check the calendar for this invitee: a retry sends nothing (check_existing=False), and "
+            "clearing the task sends the booking again."
+        )
+    if journal:
+        return (
+            "Running it again is safe: the next try waits out the apply window, looks first, and books "
+            "only if the appointment is missing."
+        )
+    return (
+        "The next try looks the invitee up before it books; a request Care360 applies after that may "
+        "book twice (Airflow < 3.3 keeps no journal)."
+    )
+
+
+def _record_failure(record: dict[str, Any], exc: BaseException, *, sent: bool, then: str) -> None:
     """Fill the record of a try that raised: from a Care360 error, or from what was sent."""
     from airflow_provider_care360.exceptions import Care360Error
     from airflow_provider_care360.outcomes import Outcome
@@ -314,7 +343,7 @@ def _record_failure(record: dict[str, Any], exc: BaseException, *, sent: bool) -
     record["outcome"] = outcome.value
     record["message"] = (
         f"The try ended with {type(exc).__name__} after the booking request was sent: the booking may or "
-        "may not exist. The next try looks the invitee up first (and waits out the apply window)."
+        f"may not exist. {then}"
         if sent
         else f"The try ended with {type(exc).__name__} before any booking was sent."
     )
@@ -331,3 +360,4 @@ def _masked(name: str, value: Any) -> Any:
             return {key: None if item is None else "***" for key, item in value.items()}
         return "***"
     return mask_name(value)
+

@@ -230,11 +230,27 @@ def entry(store: Store) -> Entry | None:
 # -- the journal ------------------------------------------------------------------------------------
 
 
-def test_the_attempt_is_the_first_try_since_the_last_clear() -> None:
-    assert attempt_of(1, 2, 2) == 1 and attempt_of(3, 2, 2) == 1  # tries 1..3 of a fresh run
-    # A clear after try 3 sets max_tries = 3 + retries (airflow/models/taskinstance.py).
-    assert attempt_of(4, 5, 2) == 4 and attempt_of(6, 5, 2) == 4
-    assert attempt_of(None, 2, 2) is None and attempt_of(1, 0, 2) is None  # unknown or inconsistent
+def test_the_attempt_is_max_tries_which_only_a_clear_changes() -> None:
+    # A fresh run with retries=2 has max_tries 2 on every try; a clear after try 3 sets 3 + retries.
+    assert attempt_of(2) == 2 and attempt_of(5) == 5
+    assert attempt_of(None) is None and attempt_of(True) is None
+    store = Store()
+    journal = BookingJournal(store, fingerprint="f", try_number=2, attempt=2)
+    assert not journal.is_stale(Entry("sending", attempt=2))
+    assert journal.is_stale(Entry("sending", attempt=5)) and journal.is_stale(Entry("sending", attempt=None))
+    # A try that cannot tell its attempt keeps protecting the booking.
+    assert not BookingJournal(store, fingerprint="f", try_number=2, attempt=None).is_stale(Entry("sending"))
+
+
+def test_editing_retries_in_the_dag_between_tries_does_not_make_the_entry_stale() -> None:
+    """max_tries is the server's, set when the run was created: a DAG edited to fewer retries keeps it."""
+    world, store = World(), Store()
+    hook = Hook(world, [Booking("kill", apply_after=None)])
+    with pytest.raises(Killed):
+        engine(world, hook, store, attempt=3, check_existing=False).run()
+    with pytest.raises(Care360AmbiguousError):
+        engine(world, hook, store, try_number=2, attempt=3, check_existing=False).run()
+    assert hook.sent == 1
 
 
 def test_an_unreadable_entry_is_no_entry_and_partial_numbers_are_dropped() -> None:
@@ -432,9 +448,9 @@ def test_a_past_start_is_rejected_before_any_request_unless_an_earlier_try_may_h
     assert result.outcome is Outcome.ALREADY_BOOKED and hook.sent == 0
     world.ledger.clear()
     store.data[KEY] = {"state": "sending", "try": 1, "attempt": 1, "sent_at": world.now - 100, "window": 40}
-    with pytest.raises(Care360ValidationError):
+    with pytest.raises(Care360AmbiguousError, match="may exist"):  # not "nothing was booked"
         engine(world, hook, store, try_number=2, past_start=past).run()
-    assert hook.looked == 2 and hook.sent == 0
+    assert hook.looked == 3 and hook.sent == 0
 
 
 # -- without the lookup -----------------------------------------------------------------------------
@@ -552,3 +568,98 @@ def test_an_appointment_exists_at_most_once_and_a_successful_try_leaves_exactly_
     assert len(world.active()) <= 1
     if succeeded:
         assert len(world.active()) == 1
+
+
+# -- what a review of the engine found ----------------------------------------------------------------
+
+
+def test_without_a_journal_a_failed_settling_lookup_still_holds_the_window() -> None:
+    """Airflow < 3.3: the try itself holds the apply window, whatever the settling lookup did."""
+    world = World()
+    hook = Hook(world, [Booking("unclear", apply_after=25)], lookups=["ok", "fail"])
+    result = engine(world, hook, None, tries_left=True).run()
+    assert result.outcome is Outcome.BOOKED and sum(world.sleeps) >= 60
+    world.advance(1.0)
+    assert engine(world, hook, None, try_number=2).run().outcome is Outcome.ALREADY_BOOKED
+    world.advance(60)
+    assert len(world.active()) == 1 and hook.sent == 1
+
+
+def test_verify_after_an_unclear_answer_waits_for_this_trys_own_late_booking() -> None:
+    """Another run books at +1 s; this try's 504'd request lands at +20 s: the later one is cancelled."""
+    world = World()
+    hook = Hook(world, [Booking("unclear", apply_after=20)])
+    world.at(world.now + 1, hook._apply)
+    result = engine(world, hook, Store(), verify_booking=True).run()
+    world.advance(60)
+    assert len(world.active()) == 1 and result.cancelled == ["a1"]
+
+
+def test_a_refused_cancel_of_an_appointment_still_active_is_not_recorded_as_cancelled() -> None:
+    world = World()
+    hook = Hook(world)
+    world.at(world.now + 1, hook._apply)
+
+    def refuse(*, email: str, appointment_id: str, reason: str | None = None) -> dict[str, Any]:
+        raise Care360BadRequestError("refused", http_status=400, summary="Care360 refused the cancel (400)")
+
+    hook.cancel_appointment = refuse  # type: ignore[method-assign]
+    result = engine(world, hook, Store(), verify_booking=True).run()
+    assert result.cancelled == [] and "could not be cancelled" in result.message
+
+
+def test_a_past_start_with_an_earlier_request_in_flight_is_ambiguous_after_the_window() -> None:
+    past = Care360ValidationError(["start_time: 2026-12-01T15:00:00Z is not in the future"])
+    world, store = World(), Store()
+    store.data[KEY] = {"state": "sending", "try": 1, "attempt": 1, "sent_at": world.now - 5, "window": 40}
+    hook = Hook(world)
+    with pytest.raises(Care360AmbiguousError, match="leaves out appointments that have ended") as caught:
+        engine(world, hook, store, try_number=2, past_start=past).run()
+    assert not isinstance(caught.value, Care360ValidationError) and world.sleeps and hook.sent == 0
+
+
+def test_a_lookup_error_while_an_earlier_request_may_be_in_flight_never_says_nothing_was_booked() -> None:
+    world, store = World(), Store()
+    store.data[KEY] = {"state": "sending", "try": 1, "attempt": 1, "sent_at": world.now - 5, "window": 40}
+    hook = Hook(world, lookups=["fail"])
+    with pytest.raises(Care360AmbiguousRetryableError, match="the booking may exist") as caught:
+        engine(world, hook, store, try_number=2).run()
+    assert "nothing was booked" not in str(caught.value).lower() and hook.sent == 0
+
+
+def test_an_earlier_request_with_other_fields_still_in_flight_stops_this_try() -> None:
+    world, store = World(), Store()
+    other = fingerprint({**PAYLOAD, "startTime": "2026-12-01T16:00:00Z"})
+    store.data[KEY] = {"state": "sending", "fingerprint": other, "try": 1, "attempt": 1, "sent_at": world.now}
+    hook = Hook(world)
+    with pytest.raises(Care360AmbiguousError, match="other fields"):
+        engine(world, hook, store, try_number=2).run()
+    assert hook.sent == 0
+
+
+@pytest.mark.parametrize("status", [409, 422])
+def test_a_slot_taken_409_or_422_by_the_invitee_is_already_booked(status: int) -> None:
+    world = World()
+    hook = Hook(world)
+
+    def taken(payload: dict[str, Any]) -> dict[str, Any]:
+        hook.sent += 1
+        hook._apply()  # a concurrent try of the same invitee got there first
+        raise Care360BadRequestError(
+            "taken", http_status=status, summary=f"Care360 rejected the booking ({status})"
+        )
+
+    hook.send_booking = taken  # type: ignore[method-assign]
+    assert engine(world, hook, Store()).run().outcome is Outcome.ALREADY_BOOKED
+
+
+def test_a_task_asked_to_stop_sends_nothing_more() -> None:
+    world = World()
+    hook = Hook(world)
+    journal = BookingJournal(Store(), fingerprint=fingerprint(PAYLOAD), try_number=1, attempt=1)
+    stopping = BookingEngine(
+        hook, PAYLOAD, BookingOptions(), journal, Log(), clock=world.clock(), should_stop=lambda: True
+    )
+    with pytest.raises(Care360NotSentError, match="asked to stop"):
+        stopping.run()
+    assert hook.sent == 0 and not stopping.sent

@@ -513,3 +513,66 @@ def test_a_tls_error_after_sending_is_ambiguous_and_one_in_the_handshake_is_not_
     with pytest.raises(Care360NotSentError, match="not sent"):
         book(Care360Hook(), next_slot(days=2))
     assert simulator.requests == []
+
+
+def test_an_answer_trickled_past_the_timeout_is_cut_off_and_unclear(monkeypatch: Any) -> None:
+    """requests' read timeout bounds each read; the hook bounds the whole answer by connect + read."""
+    import json as jsonlib
+    import socket
+    import threading
+    import time as timelib
+
+    from airflow_provider_care360.exceptions import Care360AmbiguousError, Care360LookupError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(40):  # a byte every 0.2 s: each read well inside the 1 s read timeout
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                timelib.sleep(0.2)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRICKLE",
+        jsonlib.dumps({"conn_type": "care360", "password": "k", "host": f"http://127.0.0.1:{port}"}),
+    )
+    hook = Care360Hook("trickle", timeout=(0.5, 1.0))
+    payload = {
+        "eventTypeId": "e",
+        "startTime": "2030-01-01T10:00:00Z",
+        "email": "a@example.com",
+        "timezone": "UTC",
+        "location": "zoom_conference",
+    }
+    try:
+        started = timelib.monotonic()
+        with pytest.raises(Care360AmbiguousError, match="send its whole answer"):
+            hook.send_booking(payload)
+        assert timelib.monotonic() - started < 4  # the 1.5 s deadline, not the 8 s trickle
+        with pytest.raises(Care360LookupError, match="send its whole answer"):
+            hook.find_appointments(user_email="a@example.com")
+    finally:
+        stop.set()
+        server.close()
+        hook.close()
