@@ -142,12 +142,27 @@ def _plain(value: Any) -> Any:
 
 
 def _as_list(records: Any) -> list[Mapping[str, Any]]:
-    """What ``xcom_pull`` gave: one record, a list or a lazy sequence of them, or ``None``."""
+    """
+    What ``xcom_pull`` gave: one record, a list or a lazy sequence of them, or ``None``; a batch
+    task's ``care360_outcomes`` (a list per map index) is flattened.
+    """
     if records is None:
         return []
     if isinstance(records, Mapping):
         return [records]
-    return [r for r in records if isinstance(r, Mapping)]
+    out: list[Mapping[str, Any]] = []
+    for item in records:
+        if isinstance(item, Mapping):
+            out.append(item)
+        elif isinstance(item, (list, tuple)):
+            out += [r for r in item if isinstance(r, Mapping)]
+    return out
+
+
+def _map_index(record: Mapping[str, Any]) -> int | None:
+    """A batch row's task map index (``None`` for a row set aside before mapping)."""
+    index = record.get("map_index")
+    return index if isinstance(index, int) and index >= 0 and isinstance(record.get("row"), int) else None
 
 
 def summarize_outcomes(
@@ -174,17 +189,22 @@ def summarize_outcomes(
     """
     by_index: dict[int, Mapping[str, Any]] = {}
     unindexed: list[Mapping[str, Any]] = []
+    by_row: dict[tuple[Any, int], Mapping[str, Any]] = {}
     for item in _as_list(records):
-        index = item.get("map_index")
-        if isinstance(index, int) and index >= 0 and index not in by_index:
+        index, row = item.get("map_index"), item.get("row")
+        if isinstance(row, int) and not isinstance(row, bool):
+            # A batch task's row (or a row set aside before mapping): its own entry, by (task, row).
+            by_row.setdefault((index, row), item)
+        elif isinstance(index, int) and index >= 0 and index not in by_index:
             by_index[index] = item
         else:
             unindexed.append(item)
+    unindexed += [by_row[key] for key in sorted(by_row, key=lambda k: (str(k[0]), k[1]))]
     entries: list[tuple[int | None, Mapping[str, Any] | None, Any]] = []
     if rows is not None:
         entries = [(i, by_index.pop(i, None), row) for i, row in enumerate(rows)]
     entries += [(i, found, None) for i, found in sorted(by_index.items())]
-    entries += [(None, found, None) for found in [*unindexed, *_as_list(rejected)]]
+    entries += [(_map_index(found), found, None) for found in [*unindexed, *_as_list(rejected)]]
 
     counts: Counter[str] = Counter()
     problems: list[dict[str, Any]] = []

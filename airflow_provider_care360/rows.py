@@ -33,7 +33,7 @@ from airflow_provider_care360._contract import BOOKING_FIELDS, RECORD_EMAIL_MODE
 from airflow_provider_care360._pii import mask_email
 from airflow_provider_care360.outcomes import outcome_record
 
-__all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "prepare_bookings"]
+__all__ = ["BOOKING_FIELDS", "REJECTED_KEY", "chunk_rows", "prepare_bookings", "prepare_indexed"]
 
 #: The XCom key an upstream task pushes its set-aside rows under, by convention.
 REJECTED_KEY = "care360_rejected"
@@ -79,6 +79,50 @@ def prepare_bookings(
         ``outcome: "duplicate"`` and ``duplicate_of``, the index of the row that books it: mapped
         tasks never book one appointment twice.
     """
+    indexed, rejected = prepare_indexed(rows, fixed=fixed, record_email=record_email)
+    return [kwargs for _, kwargs in indexed], rejected
+
+
+def chunk_rows(rows: Iterable[Any], size: int) -> list[list[Any]]:
+    """
+    ``rows`` in consecutive chunks of at most ``size``, to map ``BatchScheduleAppointmentOperator``
+    over: ``.partial(...).expand(rows=chunk_rows(rows, 1000))``. Each chunk's records carry its map
+    index and each row's index in its chunk (``row``): a write-back joins on those (or on your
+    ``row_key``), never on positions in a pulled list.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a whole number of at least 1, got {size!r}")
+    items = list(rows)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def prepare_indexed(
+    rows: Iterable[Any],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    record_email: str = "masked",
+    require_future: bool = True,
+) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
+    """
+    :func:`prepare_bookings`, keeping each good row's index: ``([(index, kwargs), ...], rejected)``.
+    ``require_future=False`` leaves a past start to the caller (the batch operator's retry may first
+    have to look for an earlier try's booking of it).
+
+    :param rows: mappings with the keys of :data:`BOOKING_FIELDS` (``email`` is accepted for
+        ``invitee_email``, not both).
+    :param fixed: the booking arguments the task sets in ``partial()`` (e.g. ``event_type_id``,
+        ``location``): checked with each row, and not allowed in a row as well (Airflow would refuse
+        the row).
+    :param record_email: how the set-aside records carry the email: ``"masked"`` (default) or
+        ``"raw"``, as the operator's ``record_email``. A row's ``row_key`` is carried as it is.
+    :return: ``(bookings, rejected)``: a list of keyword arguments, one per good row, and a list
+        of outcome records, one per row set aside, each with ``outcome: "rejected"``, the reason in
+        ``message`` (personal data masked) and ``row``, the row's index in ``rows``. A row that
+        repeats an earlier good row (the same invitee, its email compared case-insensitively, at the
+        same start instant, whatever the zone it is written in) is set aside with
+        ``outcome: "duplicate"`` and ``duplicate_of``, the index of the row that books it: mapped
+        tasks never book one appointment twice.
+    """
     from airflow_provider_care360.exceptions import Care360ValidationError
     from airflow_provider_care360.validation import build_booking_payload
 
@@ -89,7 +133,7 @@ def prepare_bookings(
     unknown_fixed = set(fixed) - set(BOOKING_FIELDS)
     if unknown_fixed:
         raise ValueError(f"fixed: {', '.join(sorted(unknown_fixed))} are not booking arguments")
-    bookings: list[dict[str, Any]] = []
+    bookings: list[tuple[int, dict[str, Any]]] = []
     rejected: list[dict[str, Any]] = []
     first_of: dict[tuple[str, str], int] = {}  # (invitee, start instant) -> the row that books it
     allowed = ", ".join((*BOOKING_FIELDS, "email"))
@@ -118,6 +162,7 @@ def prepare_bookings(
         merged = {**fixed, **kwargs}
         try:
             payload = build_booking_payload(
+                require_future=require_future,
                 event_type_id=merged.get("event_type_id"),
                 start_time=merged.get("start_time"),
                 email=merged.get("invitee_email"),
@@ -144,5 +189,5 @@ def prepare_bookings(
             rejected.append(record)
             continue
         first_of[same] = index
-        bookings.append(kwargs)
+        bookings.append((index, kwargs))
     return bookings, rejected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from datetime import UTC as _UTC
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # The hook, validation and response handling are imported in execute(): a scheduler parsing a DAG
 # file that uses this operator only pays for what building the task needs.
 
-__all__ = ["ScheduleAppointmentOperator"]
+__all__ = ["OUTCOMES_KEY", "BatchScheduleAppointmentOperator", "ScheduleAppointmentOperator"]
 
 
 class ScheduleAppointmentOperator(BaseOperator):
@@ -361,3 +362,361 @@ def _masked(name: str, value: Any) -> Any:
         return "***"
     return mask_name(value)
 
+
+#: The XCom key of a batch task's records, one per row, pushed on every try.
+OUTCOMES_KEY = "care360_outcomes"
+_COMMON_FIELDS = (
+    "event_type_id",
+    "start_time",
+    "timezone",
+    "location",
+    "first_name",
+    "last_name",
+    "tracking",
+)
+
+
+def _default_deferrable() -> bool:
+    from airflow.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class BatchScheduleAppointmentOperator(BaseOperator):
+    """
+    Book many rows in one task, each exactly once, at the API's own pace.
+
+    Every row goes through the same booking engine as :class:`ScheduleAppointmentOperator` (look
+    first, send once, settle unclear answers, the journal), ``concurrency`` rows at a time, all
+    sharing one rate-limit state: a 429 pauses the whole batch until the time Care360 named. A wait
+    up to ``max_sleep`` is slept in the task; a longer one (a daily quota) defers the task to the
+    triggerer until then (``deferrable=True``) and resumes where it stopped, or, with
+    ``deferrable=False``, ends the try with the rows left ``throttled`` for the retry to book. The
+    trigger only waits: only the task books.
+
+    Every try pushes one record per row under ``care360_outcomes`` (the single operator's record plus
+    ``row``, the row's index in ``rows``), also when it fails, and returns the summary
+    :func:`~airflow_provider_care360.outcomes.summarize_outcomes` builds. The task succeeds when
+    every row has an outcome running again cannot change (booked, already booked, duplicate,
+    rejected), and fails, so Airflow retries it, when any row is throttled, not sent or ambiguous; a
+    retry books only those rows (on Airflow >= 3.3 the journal in ``task_state_store`` tells which
+    rows are settled; earlier, every row is looked up again).
+
+    :param rows: the rows, as :func:`~airflow_provider_care360.rows.prepare_bookings` takes them
+        (booking fields, ``email`` or ``invitee_email``, optional ``row_key``). (templated)
+    :param event_type_id: the booking fields common to every row (``event_type_id``, ``start_time``,
+        ``timezone``, ``location``, ``first_name``, ``last_name``, ``tracking``), each optional where
+        the rows carry it; a row may not set a field also given here. (templated)
+    :param concurrency: requests in flight at once (default 4).
+    :param max_rate: ``(n, seconds)``, e.g. ``(500, 60)``: start at most ``n`` bookings in any
+        ``seconds``, below a known limit, so no 429 is spent. Default: no pacing.
+    :param max_sleep: the longest wait slept in the task (default 60 s); a longer one defers or ends
+        the try.
+    :param deferrable: defer through long waits (default ``[operators] default_deferrable``).
+    :param fail_on_rejected: fail the task (without retrying) after every row is done when any row was
+        rejected (default ``False``: rejected rows are reported in the summary).
+    :param record_email: ``"masked"`` (default) or ``"raw"``, as on the single operator.
+    :param care360_conn_id: as on the single operator. (templated)
+    :param request_timeout: as on the single operator.
+    :param settle_delay: as on the single operator.
+    :param apply_window: as on the single operator.
+    """
+
+    template_fields: Sequence[str] = ("rows", *_COMMON_FIELDS, "care360_conn_id")
+    template_fields_renderers = {"tracking": "json"}
+    ui_color = "#bbdefb"
+
+    def __init__(
+        self,
+        *,
+        rows: Any,
+        event_type_id: str | None = None,
+        start_time: str | datetime | None = None,
+        timezone: str | None = None,
+        location: str | None = None,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        tracking: dict[str, str | None] | str | None = None,
+        care360_conn_id: str = "care360_default",
+        request_timeout: Timeout | None = None,
+        settle_delay: timedelta | float = timedelta(seconds=5),
+        apply_window: timedelta | float = timedelta(seconds=60),
+        concurrency: int = 4,
+        max_rate: tuple[int, float] | None = None,
+        max_sleep: timedelta | float = timedelta(seconds=60),
+        deferrable: bool | None = None,
+        fail_on_rejected: bool = False,
+        record_email: str = "masked",
+        retry_policy: Any = DEFAULT_RETRY_POLICY,
+        **kwargs: Any,
+    ) -> None:
+        if RETRY_POLICIES_SUPPORTED or retry_policy is not None:
+            kwargs["retry_policy"] = retry_policy
+        super().__init__(**kwargs)
+        self.rows = rows
+        self.event_type_id = event_type_id
+        self.start_time = start_time
+        self.timezone = timezone
+        self.location = location
+        self.first_name = first_name
+        self.last_name = last_name
+        self.tracking = tracking
+        self.care360_conn_id = care360_conn_id
+        self.request_timeout = request_timeout
+        self.settle_delay = _seconds_between(settle_delay, "settle_delay", 0, 300)
+        self.apply_window = _seconds_between(apply_window, "apply_window", 0, 3600)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+            raise ValueError(f"concurrency must be a whole number from 1 to 64, got {concurrency!r}")
+        self.concurrency = concurrency
+        if max_rate is not None:
+            try:
+                n, per = max_rate
+                valid = isinstance(n, int) and not isinstance(n, bool) and n >= 1 and float(per) > 0
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise ValueError(f"max_rate must be (bookings, seconds) such as (500, 60), got {max_rate!r}")
+            max_rate = (int(n), float(per))
+        self.max_rate = max_rate
+        self.max_sleep = _seconds_between(max_sleep, "max_sleep", 0, 86400)
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.fail_on_rejected = fail_on_rejected
+        if record_email not in RECORD_EMAIL_MODES:
+            raise ValueError(
+                f"record_email must be one of {', '.join(RECORD_EMAIL_MODES)}, got {record_email!r}"
+            )
+        self.record_email = record_email
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Any,
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        # As the single operator: the rows and the common names stay out of the rendered fields.
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        if parent is self:
+            self._personal = {name: getattr(self, name) for name in ("rows", "first_name", "last_name")}
+            count = len(self.rows) if isinstance(self.rows, (list, tuple)) else "?"
+            object.__setattr__(self, "rows", f"<{count} rows: not shown, they hold personal data>")
+            for name in ("first_name", "last_name"):
+                object.__setattr__(self, name, _masked(name, self._personal[name]))
+
+    def _field(self, name: str) -> Any:
+        personal: dict[str, Any] = getattr(self, "_personal", {})
+        return personal[name] if name in personal else getattr(self, name)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        return self._run(context, resumed=False)
+
+    def execute_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Back from the triggerer after a long wait: book the rows left."""
+        return self._run(context, resumed=True)
+
+    def _run(self, context: Context, *, resumed: bool) -> dict[str, Any]:
+        from airflow_provider_care360._responses import parse_instant
+        from airflow_provider_care360.booking.batch import FINAL, BatchJournal, Row, RowResult, run_batch
+        from airflow_provider_care360.booking.engine import BookingOptions
+        from airflow_provider_care360.booking.journal import attempt_of
+        from airflow_provider_care360.exceptions import (
+            Care360AmbiguousRetryableError,
+            Care360BadRequestError,
+            Care360NotSentError,
+            Care360RateLimitError,
+            Care360ValidationError,
+        )
+        from airflow_provider_care360.hooks.care360 import Care360Hook
+        from airflow_provider_care360.outcomes import (
+            Outcome,
+            appointment_summary,
+            outcome_record,
+            summarize_outcomes,
+        )
+        from airflow_provider_care360.rows import prepare_indexed
+        from airflow_provider_care360.validation import build_booking_payload, past_start_problem
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        map_index = map_index if isinstance(map_index, int) else -1
+        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        raw_rows = self._field("rows")
+        if isinstance(raw_rows, (str, bytes)) or not hasattr(raw_rows, "__iter__"):
+            raise Care360ValidationError(
+                [f"rows: a {type(raw_rows).__name__} is not allowed; allowed: a list of rows"]
+            )
+        rows_list = list(raw_rows)
+        fixed = {name: self._field(name) for name in _COMMON_FIELDS if self._field(name) not in (None, "")}
+        good, set_aside = prepare_indexed(
+            rows_list, fixed=fixed, record_email=self.record_email, require_future=False
+        )
+        for record in set_aside:
+            record["map_index"] = map_index
+            record["try_number"] = try_number
+        batch_rows: list[Row] = []
+        records: dict[int, dict[str, Any]] = {r["row"]: r for r in set_aside}
+        raw = self.record_email == "raw"
+        for index, kwargs in good:
+            merged = {**fixed, **kwargs}
+            payload = build_booking_payload(
+                event_type_id=merged.get("event_type_id"),
+                start_time=merged.get("start_time"),
+                email=merged.get("invitee_email"),
+                timezone=merged.get("timezone"),
+                location=merged.get("location"),
+                first_name=merged.get("first_name"),
+                last_name=merged.get("last_name"),
+                tracking=merged.get("tracking"),
+                require_future=False,
+            )
+            start = parse_instant(payload["startTime"])
+            problem = past_start_problem(start) if start is not None else None
+            batch_rows.append(Row(index, payload, Care360ValidationError([problem]) if problem else None))
+            record = outcome_record(
+                event_type_id=payload["eventTypeId"],
+                start_time=payload["startTime"],
+                email=payload["email"] if raw else mask_email(payload["email"]),
+                row_key=merged.get("row_key"),
+                map_index=map_index,
+                try_number=try_number,
+            )
+            record["row"] = index
+            records[index] = record
+
+        # Back from a deferral, this try's XComs are kept (Airflow clears them only when a try
+        # starts): rows already settled before the wait are not looked up again.
+        earlier: dict[int, dict[str, Any]] = {}
+        if resumed:
+            pulled = ti.xcom_pull(task_ids=self.task_id, key=OUTCOMES_KEY, map_indexes=map_index)
+            for item in pulled or []:
+                if isinstance(item, dict) and isinstance(item.get("row"), int):
+                    earlier[item["row"]] = item
+        final = {o.value for o in FINAL}
+        todo = [r for r in batch_rows if earlier.get(r.index, {}).get("outcome") not in final]
+        for index, item in earlier.items():
+            if item.get("outcome") in final and index in records:
+                records[index] = {**item, "try_number": try_number}
+
+        store = context.get("task_state_store")
+        journal = None
+        if store is not None:
+            journal = BatchJournal(store, try_number=try_number, attempt=attempt_of(max_tries))
+        options = BookingOptions(
+            check_existing=True,
+            settle_delay=self.settle_delay,
+            apply_window=self.apply_window,
+            tries_left=isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries,
+        )
+        first = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
+        settings = first.settings  # read the connection once, on this thread
+        hooks: list[Care360Hook] = []
+
+        def hook_for() -> Care360Hook:
+            hook = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
+            hook.__dict__["settings"] = settings
+            hooks.append(hook)
+            return hook
+
+        self.log.info(
+            "Care360 batch: %d rows (%d set aside, %d settled before), %d to book, %d at a time",
+            len(rows_list),
+            len(set_aside),
+            len(batch_rows) - len(todo),
+            len(todo),
+            self.concurrency,
+        )
+        results: list[RowResult] = []
+        try:
+            results = run_batch(
+                todo,
+                hook_for=hook_for,
+                options=options,
+                journal=journal,
+                log=self.log,
+                concurrency=self.concurrency,
+                max_rate=self.max_rate,
+                max_sleep=self.max_sleep,
+            )
+        except BaseException:
+            self._push_records(ti, records, results)
+            raise
+        finally:
+            for hook in hooks:
+                hook.close()
+        for result in results:
+            records[result.index].update(
+                outcome=result.outcome.value,
+                http_status=result.http_status,
+                message=result.message,
+                response=result.response,
+                appointment=appointment_summary(result.appointment),
+                cancelled=result.cancelled,
+            )
+        ordered = self._push_records(ti, records, [])
+        summary = summarize_outcomes(ordered)
+
+        left = [r for r in results if r.outcome not in FINAL]
+        throttled = [r for r in left if r.outcome is Outcome.THROTTLED]
+        if throttled and len(throttled) == len(left):
+            wait_for = max(r.retry_after or 0.0 for r in throttled)
+            if wait_for > self.max_sleep and self.deferrable:
+                from airflow_provider_care360._compat import DateTimeTrigger
+
+                resume_at = datetime.now(tz=_UTC) + timedelta(seconds=wait_for)
+                self.log.info(
+                    "Care360 asked to wait %.0f s: deferring %d rows until %s",
+                    wait_for,
+                    len(throttled),
+                    resume_at,
+                )
+                self.defer(trigger=DateTimeTrigger(moment=resume_at), method_name="execute_complete")
+            raise Care360RateLimitError(
+                f"Care360 rate limit (429): {len(throttled)} of {len(rows_list)} rows were not sent; Care360 "
+                f"asked to wait {wait_for:.0f} s. Nothing was sent for them; the retry books them.",
+                retry_after=wait_for,
+                http_status=429,
+                summary=f"{len(throttled)} rows throttled",
+            )
+        if left:
+            counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+            ambiguous = [r for r in left if r.outcome is Outcome.AMBIGUOUS]
+            message = (
+                f"Care360 batch: {len(left)} of {len(rows_list)} rows are not settled yet ({counts}). "
+                "The retry books only those, looking each up first."
+            )
+            if ambiguous:
+                raise Care360AmbiguousRetryableError(
+                    message, retry_after=max(r.retry_after or 0.0 for r in ambiguous), summary=message
+                )
+            raise Care360NotSentError(message, summary=message)
+        rejected = summary["counts"].get(Outcome.REJECTED.value, 0)
+        if rejected and self.fail_on_rejected:
+            raise Care360BadRequestError(
+                f"Care360 batch: every row is done, and {rejected} were rejected (fail_on_rejected=True); "
+                "see the care360_outcomes records for why.",
+                summary=f"{rejected} rows rejected",
+            )
+        return summary
+
+    def _push_records(
+        self, ti: Any, records: dict[int, dict[str, Any]], partial: list[Any]
+    ) -> list[dict[str, Any]]:
+        from airflow_provider_care360.outcomes import appointment_summary
+
+        for result in partial:
+            records[result.index].update(outcome=result.outcome.value, message=result.message)
+            records[result.index]["appointment"] = appointment_summary(result.appointment)
+        ordered = [records[i] for i in sorted(records)]
+        try:
+            ti.xcom_push(key=OUTCOMES_KEY, value=ordered)
+        except Exception:
+            self.log.warning("Could not push the %s records to XCom", OUTCOMES_KEY, exc_info=True)
+        return ordered
+
+
+def _seconds_between(value: timedelta | float, name: str, low: float, high: float) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not low <= seconds <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
+    return seconds
