@@ -4,7 +4,8 @@
 Starts the simulator on a free loopback port, migrates a throwaway Airflow home, creates the
 ``care360`` pool, runs example DAG 1 (with params) and example DAG 3 (a mapped batch) with
 ``airflow dags test``, then example DAG 3 again with the same rows (every booking task looks first
-and finds its appointment), prints each batch's write-back summary and what the simulator booked,
+and finds its appointment), then example DAG 4 (a daily batch in chunks) against a quota that makes
+its chunks defer and resume, prints each batch's write-back summary and what the simulator booked,
 stops it and cleans up.
 """
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
-def run(step: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+def run(step: str, args: list[str], env: dict[str, str], logs: Path) -> Path:
     log = logs / f"{len(list(logs.iterdir())):02d}-{'-'.join(args[:2])}.log"
     started = time.monotonic()
     print(f"- {step} ...", end=" ", flush=True)
@@ -38,10 +39,11 @@ def run(step: str, args: list[str], env: dict[str, str], logs: Path) -> None:
     if proc.returncode != 0:
         print(log.read_text()[-4000:])
         raise SystemExit(f"demo failed at: {step} (log: {log})")
+    return log
 
 
-def write_back_summaries(env: dict[str, str]) -> list[dict[str, Any]]:
-    """The ``write_back`` results of example 3's runs, oldest first, read from the metadata DB."""
+def write_back_summaries(env: dict[str, str], dag_id: str = "example_care360_batch") -> list[dict[str, Any]]:
+    """The ``write_back`` results of an example's runs, oldest first, read from the metadata DB."""
     code = (
         "import json\n"
         "from airflow.utils.session import create_session\n"
@@ -50,7 +52,7 @@ def write_back_summaries(env: dict[str, str]) -> list[dict[str, Any]]:
         "except ImportError:\n"
         "    from airflow.models.xcom import XCom as X\n"
         "with create_session() as s:\n"
-        "    rows = s.query(X).filter_by(dag_id='example_care360_batch', task_id='write_back',"
+        f"    rows = s.query(X).filter_by(dag_id={dag_id!r}, task_id='write_back',"
         " key='return_value').order_by(X.timestamp).all()\n"
         "    print(json.dumps([r.value if isinstance(r.value, dict) else X.deserialize_value(r)"
         " for r in rows]))\n"
@@ -112,24 +114,54 @@ def main() -> int:
                 logs,
             )
             summaries = write_back_summaries(env)
+            # Example 4: a daily batch in chunks of one task each, under a quota of 5 bookings per 8 s
+            # answered with X-RateLimit-* only, as a daily cap is: each wait is longer than the
+            # example's max_sleep (2 s here), so the chunks defer and resume where they stopped.
+            sim.quota, sim.quota_window = 5, 8.0
+            first = (start + timedelta(days=1)).replace(hour=8)
+            referrals = [
+                {
+                    "row_key": f"ref-{i:03d}",
+                    "email": f"referral{i:03d}@example.com",
+                    "start_time": f"{first + timedelta(minutes=30 * i):%Y-%m-%dT%H:%M:%SZ}",
+                }
+                for i in range(12)
+            ]
+            daily = json.dumps({"referrals": referrals, "chunk_size": 6})
+            daily_log = run(
+                "example 4: 12 referrals in 2 chunks, deferring through a quota",
+                ["dags", "test", "example_care360_daily_batch", "-c", daily],
+                {**env, "CARE360_EXAMPLE_MAX_SLEEP": "2"},
+                logs,
+            )
+            deferred = daily_log.read_text().count("Care360 asked to wait")
+            daily_summary = write_back_summaries(env, "example_care360_daily_batch")[-1]
         finally:
             bookings = sim.bookings
         for title, summary in zip(
             ("Write-back, first batch", "Write-back, same rows again"), summaries, strict=False
         ):
             print_summary(title, summary)
+        print_summary("Write-back, daily batch", daily_summary)
+        print(f"  the chunks deferred {deferred} time(s) through the quota")
         print(f"\nThe simulator booked {len(bookings)} appointment(s):")
         print(f"  {'start (UTC)':<22}{'event type':<40}{'invitee':<26}{'location'}")
         for b in sorted(bookings, key=lambda b: b["startTime"]):
             print(f"  {b['startTime']:<22}{b['eventTypeId']:<40}{b['email']:<26}{b['location']}")
     shutil.rmtree(home, ignore_errors=True)
-    if len(bookings) != 11 or len({b["email"] for b in bookings}) != 11:
-        print("expected 11 distinct bookings", file=sys.stderr)
+    if len(bookings) != 23 or len({b["email"] for b in bookings}) != 23:
+        print("expected 23 distinct bookings", file=sys.stderr)
+        return 1
+    if daily_summary["counts"] != {"booked": 12} or not deferred:
+        print("expected the daily batch to defer and book all 12", file=sys.stderr)
         return 1
     if [s["counts"] for s in summaries] != [{"booked": 10}, {"already_booked": 10}]:
         print("expected the second batch to find all 10 bookings", file=sys.stderr)
         return 1
-    print("\nDemo finished: 11 bookings, each exactly once; the second batch sent no booking.")
+    print(
+        "\nDemo finished: 23 bookings, each exactly once; the second batch sent no booking; the daily "
+        "batch deferred through the quota and resumed."
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ EXAMPLES = {
     "example_care360_single_booking",
     "example_care360_hourly_referrals",
     "example_care360_batch",
+    "example_care360_daily_batch",
 }
 
 
@@ -159,3 +160,33 @@ def test_batch_example_run_again_with_the_same_rows_books_nobody_twice(simulator
     assert xcom_value(second, "write_back")["counts"] == {"already_booked": 3}
     assert posts_after_first == 3 and len(simulator.booking_requests) == 3
     assert len(simulator.appointments) == 3
+
+
+def test_daily_batch_example_books_in_chunks_defers_through_a_quota_and_writes_back_by_row(
+    simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARE360_EXAMPLE_MAX_SLEEP", "1")  # read when the DAG file is parsed
+    simulator.quota, simulator.quota_window = 4, 3.0  # X-RateLimit-Reset only: a wait past 1 s
+    first = next_slot(days=8)
+    referrals = [
+        {
+            "row_key": f"ref-{i}",
+            "email": f"daily{i}@example.com",
+            "start_time": iso(first + timedelta(minutes=30 * i)),
+        }
+        for i in range(7)
+    ]
+    referrals.append({"row_key": "ref-bad", "email": "nobody", "start_time": iso(first)})
+    result = run_dag(
+        "example_care360_daily_batch", {"referrals": referrals, "chunk_size": 3}, folder=EXAMPLE_DAGS
+    )
+
+    chunks = sorted(k[1] for k in result.tis if k[0] == "book_chunk")
+    assert chunks == [0, 1, 2]
+    assert all(state_of(result.ti("book_chunk", i)) == "success" for i in chunks)
+    assert sorted(b["email"] for b in simulator.bookings) == sorted(r["email"] for r in referrals[:7])
+    summary = xcom_value(result, "write_back")
+    assert summary["rows"] == 8 and summary["counts"] == {"booked": 7, "rejected": 1}
+    [problem] = summary["problems"]
+    assert (problem["map_index"], problem["row"], problem["row_key"]) == (2, 1, "ref-bad")
+    assert any(r["status"] == 429 for r in simulator.booking_requests)  # the quota was met, and waited out
