@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo airflow test test-unit test-matrix matrix-venvs bench fuzz lint dist clean
+.PHONY: demo airflow test test-unit test-matrix matrix-venvs test-python python-venvs test-floors floors-venv \
+        bench fuzz lint dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +91,85 @@ test-matrix: matrix-venvs
 	if [ -n "$$failed" ]; then echo "test-matrix failed on:$$failed"; exit 1; fi; \
 	echo "test-matrix passed on: $(MATRIX)"
 
+# Interpreters by version (3.12): PYTHON_<version> if given (`make test-python PY=3.13
+# PYTHON_3.13=/usr/bin/python3.13`), else pyenv's newest <version>.x, else `python<version>` on PATH,
+# else $(PYTHON) if it is that version.
+PYENV_ROOT ?= $(firstword $(shell pyenv root 2>/dev/null) $(wildcard $(HOME)/.pyenv /opt/pyenv))
+python_for = $(or $(PYTHON_$(1)),$(shell ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null \
+               | grep -E '/versions/$(subst .,\.,$(1))\.[0-9]+/bin/' | sort -V | tail -n 1),$(shell \
+               python$(1) -c 'import sys; print(sys.executable)' 2>/dev/null),$(shell $(PYTHON) -c \
+               'import sys; "%d.%d" % sys.version_info[:2] == "$(1)" and print(sys.executable)' 2>/dev/null))
+# Shell code that sets py to Python $(1), or says how to get one and fails.
+find_python = py="$(call python_for,$(1))"; if [ -z "$$py" ]; then \
+	  echo "no Python $(1): PYTHON_$(1) is not set, pyenv has none" \
+	       "($(if $(PYENV_ROOT),$(PYENV_ROOT)/versions/$(1).*,no pyenv: not on PATH, no ~/.pyenv or /opt/pyenv))" \
+	       "and neither python$(1) on PATH nor $(PYTHON) is $(1). Install it (pyenv install $(1)) or name it: PYTHON_$(1)=/path/to/python$(1)" \
+	       >&2; exit 1; fi; \
+	"$$py" -c 'import sys; v = "%d.%d" % sys.version_info[:2]; v == "$(1)" or sys.exit(f"{sys.executable} is Python {v}, not $(1)")' || exit 1
+
+# The latest Airflow on the other supported Pythons, each in its own venv (.venv-airflow-3.3.2-py<PY>):
+# the unit tier and the DAG runs through dag.test() (not the browser, deployment or `make airflow`
+# tests, which `make test` runs on the default Python). `make test-python PY=3.12` runs one; without
+# PY, each of PYTHONS in turn.
+LATEST    := 3.3.2
+PYTHONS   ?= 3.12 3.13
+PY        ?= $(PYTHONS)
+DAG_TESTS := tests/operators/test_care360.py tests/test_fault_matrix.py tests/test_example_dags.py
+
+.venv-airflow-$(LATEST)-py%/.installed: pyproject.toml
+	@$(call find_python,$*); echo "== installing Airflow $(strip $(LATEST) $(PINS_$(LATEST))) on $$py"; \
+	{ [ -x $(@D)/bin/python ] || "$$py" -m venv $(@D); } \
+	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
+	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install \
+	     "apache-airflow==$(LATEST)" $(PINS_$(LATEST)) -e . --group test
+	touch $@
+
+# `make python-venvs` only installs them.
+python-venvs: $(foreach p,$(PY),.venv-airflow-$(LATEST)-py$(p)/.installed)
+
+test-python: python-venvs
+	@failed=""; $(foreach p,$(PY), \
+	  echo '== Python $(p), Airflow $(LATEST): the unit tier, then the dag.test() runs'; \
+	  if .venv-airflow-$(LATEST)-py$(p)/bin/python -m pytest -p no:cacheprovider -m unit $(PYTEST_ARGS) \
+	     && .venv-airflow-$(LATEST)-py$(p)/bin/python -m pytest -p no:cacheprovider $(DAG_TESTS) $(PYTEST_ARGS); \
+	  then echo "== Python $(p): passed"; else failed="$$failed $(p)"; fi;) \
+	if [ -n "$$failed" ]; then echo "test-python failed on:$$failed"; exit 1; fi; \
+	echo "test-python passed on: $(PY)"
+
+# Every direct dependency at its floor, on the oldest supported Python: the `>=` of each [project]
+# dependency in pyproject.toml, installed as `==` (so a floor changed there is the one tested here; a
+# dependency without a floor is an error). The unit tier and one booking through dag.test().
+FLOORS_VENV    ?= .venv-airflow-floors
+FLOORS_PY      ?= 3.11
+FLOOR_DAG_TEST := tests/operators/test_care360.py::test_fields_templated_from_params_book_once_and_return_the_outcome_record
+define FLOOR_PINS_PY
+import re, sys, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+pins = [re.sub(r">=([^,;]+).*", r"==\1", dep.replace(" ", "")) for dep in deps]
+missing = [dep for dep, pin in zip(deps, pins) if "==" not in pin]
+if missing:
+    sys.exit(f"dependencies without a floor (>=): {missing}")
+print(" ".join(pins))
+endef
+export FLOOR_PINS_PY
+
+$(FLOORS_VENV)/.installed: pyproject.toml
+	@$(call find_python,$(FLOORS_PY)); pins="$$("$$py" -c "$$FLOOR_PINS_PY")" || exit 1; \
+	echo "== installing the floors on Python $(FLOORS_PY): $$pins"; \
+	{ [ -x $(@D)/bin/python ] || "$$py" -m venv $(@D); } \
+	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
+	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install $$pins -e . --group test
+	touch $@
+
+floors-venv: $(FLOORS_VENV)/.installed
+
+test-floors: $(FLOORS_VENV)/.installed
+	@$(FLOORS_VENV)/bin/python -m pip --disable-pip-version-check show \
+	  $$($(FLOORS_VENV)/bin/python -c "$$FLOOR_PINS_PY" | sed 's/==[^ ]*//g') 2>/dev/null \
+	  | grep -E '^(Name|Version):' | paste - -
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider $(FLOOR_DAG_TEST) $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -103,4 +183,4 @@ dist: $(VENV)/.installed-dev
 	$(BIN)/python scripts/check_dist.py dist
 
 clean:
-	rm -rf $(VENV) $(FUZZ_VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FUZZ_VENV) $(FLOORS_VENV) .venv-airflow-$(LATEST)-py* build dist *.egg-info .pytest_cache .hypothesis

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -51,10 +52,23 @@ def _email_problem(address: str) -> str | None:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         return (
-            f"email: {mask_email(address)!r} is not a valid email address ({exc}); "
-            "allowed: one address such as name@example.com"
+            f"email: {mask_email(address)!r} is not a valid email address "
+            f"({_without_parts(str(exc), address)}); allowed: one address such as name@example.com"
         )
     return None
+
+
+def _without_parts(text: str, address: str) -> str:
+    """The validator's reason with any piece of the address it quotes (a domain label, say) masked."""
+    local, _, domain = address.rpartition("@")
+    parts = sorted(
+        {p for p in (local, domain, *domain.split("."), *re.split(r"[.+_-]", local)) if len(p) > 2},
+        key=len,
+        reverse=True,
+    )
+    for part in parts:
+        text = text.replace(part, "***")
+    return text
 
 
 @functools.cache
