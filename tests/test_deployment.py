@@ -225,6 +225,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 ["api-server", "--host", "127.0.0.1", "--port", str(port)],
                 ["scheduler"],
                 ["dag-processor"],
+                ["triggerer"],
             ):
                 out = (logs / f"{command[0]}.log").open("wb")
                 procs.append(
@@ -237,7 +238,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                     )
                 )
             _wait("the API server", lambda: _call(f"{api}/api/v2/monitor/health"), 120, procs)
-            for dag_id in (DAG_ID, "care360_d_book", "care360_d_no_check", "care360_d_verify"):
+            for dag_id in (
+                DAG_ID,
+                "care360_d_book",
+                "care360_d_no_check",
+                "care360_d_verify",
+                "care360_d_batch",
+            ):
                 _wait(
                     f"{dag_id} to be parsed",
                     lambda d=dag_id: _call(f"{api}/api/v2/dags/{d}")["dag_id"],
@@ -407,3 +414,142 @@ def test_example_batch_through_a_scheduler_and_local_executor(deployment: Deploy
     assert sorted(emails) == [f"patient{i:02d}@example.com" for i in range(10)]
     summary = deployment.xcom(DAG_ID, run_id, "return_value", task_id="write_back")
     assert summary["counts"] == {"booked": 10}
+
+
+# -- the batch operator ---------------------------------------------------------------------------------
+
+
+def _batch(prefix: str, n: int, days: int) -> list[dict[str, Any]]:
+    first = next_slot(days=days)
+    return [
+        {"email": f"{prefix}{i:02d}@example.com", "start_time": iso(first + timedelta(minutes=30 * i))}
+        for i in range(n)
+    ]
+
+
+def _booked_once(deployment: Deployment, rows: list[dict[str, Any]]) -> None:
+    deployment.sim.wait_pending()
+    emails = [a["email"] for a in deployment.sim.appointments if not a["cancelled"]]
+    assert sorted(e for e in emails if e in {r["email"] for r in rows}) == sorted(r["email"] for r in rows)
+
+
+def _settled(summary: dict[str, Any], n: int) -> None:
+    assert summary["rows"] == n and summary["problems"] == []
+    assert sum(summary["counts"].get(k, 0) for k in ("booked", "already_booked")) == n
+
+
+def _batch_client_pid(deployment: Deployment, prefix: str, timeout: float = 120) -> int:
+    request = _wait(
+        f"a booking of the {prefix} batch",
+        lambda: next(
+            (
+                r
+                for r in reversed(deployment.sim.booking_requests)
+                if str(r["body"].get("email", "")).startswith(prefix)
+            ),
+            None,
+        ),
+        timeout,
+        deployment.procs,
+    )
+    return _pid_of_client(request["client"][1])
+
+
+def test_a_batch_whose_task_process_is_killed_mid_batch_books_every_row_once(deployment: Deployment) -> None:
+    rows = _batch("bkill", 16, days=12)
+    deployment.sim.booking_latency = 0.6  # bookings in flight when the kill lands
+    try:
+        run_id = deployment.trigger("care360_d_batch", {"rows": rows})
+        _wait(
+            "a few bookings of the batch",
+            lambda: (
+                len([r for r in deployment.sim.booking_requests if r["body"]["email"].startswith("bkill")])
+                >= 5
+            ),
+            120,
+            deployment.procs,
+        )
+        os.kill(_batch_client_pid(deployment, "bkill"), signal.SIGKILL)
+        assert deployment.finished("care360_d_batch", run_id) == "success", deployment.tail()
+    finally:
+        deployment.sim.booking_latency = None
+    assert deployment.task("care360_d_batch", run_id)["try_number"] == 2
+    _booked_once(deployment, rows)
+    _settled(deployment.xcom("care360_d_batch", run_id, "return_value"), len(rows))
+
+
+def test_a_batch_whose_supervisor_is_killed_books_nothing_more_from_the_old_process(
+    deployment: Deployment,
+) -> None:
+    import psutil
+
+    rows = _batch("bsup", 16, days=13)
+    deployment.sim.booking_latency = 0.6
+    try:
+        run_id = deployment.trigger("care360_d_batch", {"rows": rows})
+        task_process = psutil.Process(_batch_client_pid(deployment, "bsup"))
+        supervisor = task_process.parent()
+        assert supervisor is not None
+        supervisor.send_signal(signal.SIGKILL)  # no more heartbeats, no more journal writes
+        killed_at = time.time()
+        assert deployment.finished("care360_d_batch", run_id) == "success", deployment.tail()
+    finally:
+        deployment.sim.booking_latency = None
+    assert deployment.task("care360_d_batch", run_id)["try_number"] >= 2
+    _booked_once(deployment, rows)
+    # The old process could not write its journal once its supervisor was gone: it started no booking
+    # after that (a request already on the wire may still finish, within the booking latency).
+    old_ports = {
+        r["client"][1]
+        for r in deployment.sim.booking_requests
+        if r["body"]["email"].startswith("bsup") and r["at"] < killed_at
+    }
+    late = [
+        r
+        for r in deployment.sim.booking_requests
+        if r["body"]["email"].startswith("bsup") and r["client"][1] in old_ports and r["at"] > killed_at + 1.0
+    ]
+    assert late == []
+    _settled(deployment.xcom("care360_d_batch", run_id, "return_value"), len(rows))
+    if task_process.is_running():
+        task_process.kill()
+
+
+def test_clearing_a_finished_batch_books_nothing_again(deployment: Deployment) -> None:
+    rows = _batch("bclear", 8, days=14)
+    run_id = deployment.trigger("care360_d_batch", {"rows": rows})
+    assert deployment.finished("care360_d_batch", run_id) == "success", deployment.tail()
+    posts = len(deployment.sim.booking_requests)
+    _call(f"{deployment.api}/api/v2/dags/care360_d_batch/dagRuns/{run_id}/clear", "POST", {"dry_run": False})
+    _wait(
+        "the cleared batch to run again",
+        lambda: deployment.task("care360_d_batch", run_id)["try_number"] >= 2,
+        120,
+        deployment.procs,
+    )
+    assert deployment.finished("care360_d_batch", run_id) == "success", deployment.tail()
+    assert len(deployment.sim.booking_requests) == posts  # a fresh start that looked every row up
+    summary = deployment.xcom("care360_d_batch", run_id, "return_value")
+    assert summary["counts"] == {"already_booked": len(rows)}
+    _booked_once(deployment, rows)
+
+
+def test_a_quota_makes_the_batch_defer_to_the_triggerer_and_resume(deployment: Deployment) -> None:
+    rows = _batch("bquota", 8, days=15)
+    deployment.sim.quota, deployment.sim.quota_window = 3, 12.0
+    try:
+        started = time.monotonic()
+        run_id = deployment.trigger("care360_d_batch", {"rows": rows})
+        _wait(
+            "the batch to defer",
+            lambda: deployment.task("care360_d_batch", run_id)["state"] == "deferred",
+            120,
+            deployment.procs,
+        )
+        assert deployment.finished("care360_d_batch", run_id) == "success", deployment.tail()
+    finally:
+        deployment.sim.quota = None
+    assert time.monotonic() - started >= 12.0 * 2  # three quota windows for eight rows
+    assert deployment.task("care360_d_batch", run_id)["try_number"] == 1  # resumed, not retried
+    _booked_once(deployment, rows)
+    _settled(deployment.xcom("care360_d_batch", run_id, "return_value"), len(rows))

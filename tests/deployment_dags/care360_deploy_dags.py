@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from airflow.providers.common.compat.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG, task
 
-from airflow_provider_care360.operators.care360 import ScheduleAppointmentOperator
+from airflow_provider_care360.operators.care360 import (
+    BatchScheduleAppointmentOperator,
+    ScheduleAppointmentOperator,
+)
 
 #: The simulator's late bookings in these tests land within 8 s of their request.
 APPLY_WINDOW = 10.0
@@ -42,3 +46,35 @@ for dag_id, check_existing, verify in (
             settle_delay=1.0 if verify else 0.5,
             apply_window=APPLY_WINDOW,
         )
+
+
+@task
+def conf_rows(**context: Any) -> list[dict[str, Any]]:
+    return list(context["dag_run"].conf["rows"])
+
+
+# A batch from the run's conf, deferring through long waits (the deployment runs a triggerer).
+with DAG(
+    "care360_d_batch",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=2),
+        "email_on_failure": False,
+        "email_on_retry": False,
+    },
+):
+    BatchScheduleAppointmentOperator(
+        task_id="book",
+        rows=conf_rows(),
+        event_type_id="evt-deploy-batch",
+        timezone="UTC",
+        location="zoom_conference",
+        settle_delay=0.5,
+        apply_window=APPLY_WINDOW,
+        concurrency=4,
+        max_sleep=2,
+        deferrable=True,
+    )
