@@ -85,15 +85,44 @@ def prepare_bookings(
 
 def chunk_rows(rows: Iterable[Any], size: int) -> list[list[Any]]:
     """
-    ``rows`` in consecutive chunks of at most ``size``, to map ``BatchScheduleAppointmentOperator``
-    over: ``.partial(...).expand(rows=chunk_rows(rows, 1000))``. Each chunk's records carry its map
-    index and each row's index in its chunk (``row``): a write-back joins on those (or on your
-    ``row_key``), never on positions in a pulled list.
+    ``rows`` in consecutive chunks of about ``size``, to map ``BatchScheduleAppointmentOperator``
+    over: ``.partial(...).expand(rows=chunk_rows(rows, 1000))``. A row that repeats an earlier one
+    (the same invitee at the same start) joins that row's chunk, which may then hold a few more than
+    ``size``: its batch books it once and records the repeat as ``duplicate``. Each chunk's records
+    carry its map index and each row's index in its chunk (``row``): a write-back joins on those (or
+    on your ``row_key``), never on positions in a pulled list.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a whole number of at least 1, got {size!r}")
-    items = list(rows)
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    # Rows for the same invitee at the same start go to one chunk (the first one's), so the batch
+    # that books it sets the repeats aside as duplicates; chunks running at once never book it twice.
+    chunks: list[list[Any]] = []
+    home: dict[tuple[str, Any], int] = {}
+    for row in rows:
+        key = _same_booking(row)
+        if key is not None and key in home:
+            chunks[home[key]].append(row)
+            continue
+        if not chunks or len(chunks[-1]) >= size:
+            chunks.append([])
+        if key is not None:
+            home[key] = len(chunks) - 1
+        chunks[-1].append(row)
+    return chunks
+
+
+def _same_booking(row: Any) -> tuple[str, Any] | None:
+    """(invitee, start instant) of a raw row, as prepare_bookings compares them; ``None`` if unreadable."""
+    from airflow_provider_care360._responses import parse_instant
+
+    if not isinstance(row, Mapping):
+        return None
+    email = row.get("invitee_email", row.get("email"))
+    if not isinstance(email, str):
+        return None
+    start = row.get("start_time")
+    instant = parse_instant(start)
+    return email.strip().casefold(), instant if instant is not None else start
 
 
 def prepare_indexed(

@@ -178,13 +178,13 @@ def _normalise_tracking(value: object, problems: list[str]) -> dict[str, str | N
             value = json.loads(value)
         except ValueError:
             problems.append(
-                f"tracking: {_shown(value)} is not a mapping; allowed: a dict (or JSON object) "
-                f"with the keys {', '.join(sorted(_TRACKING_WIRE))}"
+                f"tracking: a string that is not a JSON object is not allowed; allowed: a dict (or JSON "
+                f"object) with the keys {', '.join(sorted(_TRACKING_WIRE))}"
             )
             return None
     if not isinstance(value, Mapping):
         problems.append(
-            f"tracking: {_shown(value)} is not a mapping; allowed: a dict with the keys "
+            f"tracking: a {type(value).__name__} is not a mapping; allowed: a dict with the keys "
             f"{', '.join(sorted(_TRACKING_WIRE))}"
         )
         return None
@@ -192,9 +192,10 @@ def _normalise_tracking(value: object, problems: list[str]) -> dict[str, str | N
     for key, item in value.items():
         wire = TRACKING_KEYS.get(key, key) if isinstance(key, str) else None
         if wire not in _TRACKING_WIRE:
+            # The key is shown masked: a spreadsheet's column can carry a name or an address.
             problems.append(
-                f"tracking: unknown key {_shown(key)}; allowed: {', '.join(sorted(_TRACKING_WIRE))} "
-                f"(or their snake_case twins)"
+                f"tracking: unknown key {mask_name(str(key))!r}; allowed: "
+                f"{', '.join(sorted(_TRACKING_WIRE))} (or their snake_case twins)"
             )
             continue
         assert wire is not None
@@ -202,7 +203,9 @@ def _normalise_tracking(value: object, problems: list[str]) -> dict[str, str | N
             problems.append(f"tracking: {wire} is given twice (camelCase and snake_case)")
             continue
         if item is not None and not isinstance(item, str):
-            problems.append(f"tracking.{wire}: {_shown(item)} is not allowed; allowed: a string or null")
+            problems.append(
+                f"tracking.{wire}: a {type(item).__name__} is not allowed; allowed: a string or null"
+            )
             continue
         out[wire] = item
     return out

@@ -98,7 +98,7 @@ with DAG(
         timezone="America/Chicago",
         pool="care360",
         concurrency=4,
-        max_rate=(500, 60),  # Calendly's Enterprise limit: 500 invitees a minute
+        max_rate=(125, 60),  # per task: 4 pool slots x 125 = Calendly's Enterprise 500 a minute
         max_sleep=MAX_SLEEP,
         deferrable=True,
     ).expand(rows=chunks(referrals))

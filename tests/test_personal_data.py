@@ -39,12 +39,20 @@ def _invitee() -> dict[str, str]:
     }
 
 
-def places(needles: list[str], printed: str = "") -> list[str]:
-    """Every place outside the user's own input that holds one of ``needles`` (case-insensitive)."""
+def places(needles: list[str], printed: str = "", users_tasks: tuple[str, ...] = ()) -> list[str]:
+    """
+    Every place outside the user's own input that holds one of ``needles`` (case-insensitive).
+
+    :param users_tasks: the user's own tasks whose XCom holds the rows (the upstream ``load`` task).
+    """
     home = Path(os.environ["AIRFLOW_HOME"])
     lowered = [n.lower() for n in needles]
     ours = "\n".join(line for line in printed.lower().splitlines() if AIRFLOWS_CONF_LINE.lower() not in line)
-    found = [f"printed: {n!r}" for n in lowered if n in ours]
+    found = [
+        f"printed: {n!r} in {next(line for line in ours.splitlines() if n in line)[:300]!r}"
+        for n in lowered
+        if n in ours
+    ]
     for path in sorted((home / "logs").rglob("*")) if (home / "logs").is_dir() else []:
         if path.is_file():
             text = path.read_text(errors="replace").lower()
@@ -58,8 +66,12 @@ def places(needles: list[str], printed: str = "") -> list[str]:
                     continue
                 for needle in lowered:
                     query = f'SELECT COUNT(*) FROM "{table}" WHERE lower(CAST("{column}" AS TEXT)) LIKE ?'
+                    args: list[Any] = [f"%{needle}%"]
+                    if table == "xcom" and users_tasks:
+                        query += f" AND task_id NOT IN ({', '.join('?' * len(users_tasks))})"
+                        args += users_tasks
                     try:
-                        hits = con.execute(query, (f"%{needle}%",)).fetchone()[0]
+                        hits = con.execute(query, args).fetchone()[0]
                     except sqlite3.Error:
                         continue
                     if hits:
@@ -126,3 +138,29 @@ def test_debug_logging_of_a_run_leaves_no_raw_email(simulator: Any) -> None:
     assert [b["email"] for b in simulator.bookings] == [invitee["email"]]
     assert "/api/v1/calendar/appointments?***" in printed  # urllib3 logged the request line, redacted
     assert places([invitee["email"], invitee["email"].replace("@", "%40")], printed) == []
+
+
+def test_a_batch_leaves_no_invitee_data_outside_the_users_own_rows(simulator: Any, capfd: Any) -> None:
+    from datetime import timedelta
+
+    invitees = [_invitee() for _ in range(3)]
+    first = next_slot(days=9)
+    rows = [
+        {
+            "email": who["email"],
+            "first_name": who["first_name"],
+            "last_name": who["last_name"],
+            "start_time": iso(first + timedelta(minutes=30 * i)),
+            "tracking": {"utm_campaign": who["last_name"]},
+        }
+        for i, who in enumerate(invitees)
+    ]
+    rows.append({**rows[0], "start_time": "yesterday"})  # rejected: its record quotes no personal data
+    from support import TEST_DAGS
+
+    result = run_dag("care360_tb_native", {"rows": rows}, folder=TEST_DAGS)
+    assert state_of(result.ti("book")) == "success"
+    assert sorted(b["email"] for b in simulator.bookings) == sorted(w["email"] for w in invitees)
+    out = capfd.readouterr()
+    needles = [value for who in invitees for value in who.values()]
+    assert places(needles, out.out + out.err) == []

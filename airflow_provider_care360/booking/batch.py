@@ -22,13 +22,31 @@ from typing import Any
 
 from airflow_provider_care360.booking.engine import BookingEngine, BookingHook, BookingOptions, Clock, Logger
 from airflow_provider_care360.booking.journal import Entry, StateStore, fingerprint
-from airflow_provider_care360.exceptions import Care360Error, Care360RateLimitError, Care360ValidationError
+from airflow_provider_care360.exceptions import (
+    Care360AuthError,
+    Care360ConnectionConfigError,
+    Care360Error,
+    Care360LookupUnusableError,
+    Care360RateLimitError,
+    Care360ValidationError,
+)
 from airflow_provider_care360.outcomes import Outcome
 
-__all__ = ["FINAL", "ROWS_PER_KEY", "BatchJournal", "Pacer", "Row", "RowResult", "run_batch"]
+__all__ = [
+    "FATAL",
+    "FINAL",
+    "ROWS_PER_KEY",
+    "BatchJournal",
+    "BatchRun",
+    "Pacer",
+    "Row",
+    "RowResult",
+    "run_batch",
+]
 
-#: How many rows' entries one ``task_state_store`` key holds (about 60 bytes a row).
-ROWS_PER_KEY = 500
+#: How many rows' entries one ``task_state_store`` key holds (about 80 to 110 bytes a row, so about
+#: 11 KB a key: each write rewrites one key, and stays far under the REST API's 64 KiB a value).
+ROWS_PER_KEY = 100
 KEY_PREFIX = "care360_batch/"
 #: Outcomes that running again cannot change: a row that has one is not looked up or sent again.
 FINAL = frozenset({Outcome.BOOKED, Outcome.ALREADY_BOOKED, Outcome.REJECTED, Outcome.DUPLICATE})
@@ -61,8 +79,8 @@ class BatchJournal:
     """
     Every row's journal entry, in ``task_state_store`` keys of :data:`ROWS_PER_KEY` rows each.
 
-    An entry is ``[state, fingerprint, attempt, sent_at, window, unclear_at, outcome]``, with state
-    ``"s"`` (sending) or ``"d"`` (done). A write that fails raises: the row's booking is not sent.
+    An entry is ``[state, fingerprint, attempt, sent_at, window, unclear_at, outcome, try]``, with
+    state ``"s"`` (sending) or ``"d"`` (done). A write that fails raises: the row's booking is not sent.
     """
 
     def __init__(
@@ -72,8 +90,10 @@ class BatchJournal:
         try_number: int | None,
         attempt: int | None,
         clock: Callable[[], float] = time.time,
+        key: str | None = None,
     ) -> None:
         self._store = store
+        self.key = key
         self.try_number = try_number
         self.attempt = attempt
         self._clock = clock
@@ -81,9 +101,7 @@ class BatchJournal:
         self._keys: dict[int, dict[str, list[Any]]] = {}
 
     def load(self, indexes: Iterable[int]) -> None:
-        """Read the keys these rows live in (only after a first try: try 1 has nothing before it)."""
-        if self.try_number == 1:
-            return
+        """Read the keys these rows live in (also on try 1: a try resumed after a deferral has some)."""
         for key in sorted({i // ROWS_PER_KEY for i in indexes}):
             raw = self._store.get(f"{KEY_PREFIX}{key}")
             self._keys[key] = dict(raw) if isinstance(raw, Mapping) else {}
@@ -91,11 +109,12 @@ class BatchJournal:
     def entry(self, index: int) -> Entry | None:
         with self._lock:
             raw = self._keys.get(index // ROWS_PER_KEY, {}).get(str(index))
-        if not isinstance(raw, list) or len(raw) != 7 or raw[0] not in ("s", "d"):
+        if not isinstance(raw, list) or len(raw) != 8 or raw[0] not in ("s", "d"):
             return None
-        state, fp, attempt, sent_at, window, unclear_at, outcome = raw
+        state, fp, attempt, sent_at, window, unclear_at, outcome, try_number = raw
         return Entry(
             state="sending" if state == "s" else "done",
+            try_number=try_number if isinstance(try_number, int) else None,
             fingerprint=fp if isinstance(fp, str) else None,
             attempt=attempt if isinstance(attempt, int) else None,
             sent_at=float(sent_at) if isinstance(sent_at, (int, float)) else None,
@@ -140,7 +159,7 @@ class RowJournal:
     def __init__(self, batch: BatchJournal, index: int, payload: Mapping[str, Any]) -> None:
         self._batch = batch
         self.index = index
-        self.fingerprint = fingerprint(payload)
+        self.fingerprint = fingerprint(payload, batch.key)
         self.try_number = batch.try_number
         self.attempt = batch.attempt
         self._sending: list[Any] | None = None
@@ -151,19 +170,32 @@ class RowJournal:
     def is_stale(self, entry: Entry) -> bool:
         return self._batch.is_stale(entry)
 
+    def _entry(self, state: str, **fields: Any) -> list[Any]:
+        values = {"sent_at": None, "window": None, "unclear_at": None, "outcome": None, **fields}
+        return [
+            state,
+            self.fingerprint,
+            self.attempt,
+            values["sent_at"],
+            values["window"],
+            values["unclear_at"],
+            values["outcome"],
+            self.try_number,
+        ]
+
     def sending(self, window: float) -> None:
-        self._sending = ["s", self.fingerprint, self.attempt, round(self._batch.now(), 3), window, None, None]
+        self._sending = self._entry("s", sent_at=round(self._batch.now(), 3), window=window)
         self._batch.write(self.index, self._sending)
 
     def unclear(self) -> float:
         at = round(self._batch.now(), 3)
-        entry = list(self._sending or ["s", self.fingerprint, self.attempt, None, None, None, None])
+        entry = list(self._sending or self._entry("s"))
         entry[5] = at
         self._batch.write(self.index, entry)
         return at
 
     def done(self, outcome: str) -> None:
-        self._batch.write(self.index, ["d", self.fingerprint, self.attempt, None, None, None, outcome])
+        self._batch.write(self.index, self._entry("d", outcome=outcome))
 
     def known(self, outcome: str) -> None:
         # Unlike a single booking's, a row's known outcome is kept: a retry after a crash skips it.
@@ -175,7 +207,11 @@ class RowJournal:
 
     def settle(self, outcome: Outcome) -> None:
         """Record a row's final outcome (the engine records ``booked`` itself)."""
-        self._batch.write(self.index, ["d", self.fingerprint, self.attempt, None, None, None, outcome.value])
+        self.done(outcome.value)
+
+
+class Stopped(Exception):
+    """The batch stopped (a long wait, a fatal error, Airflow stopping the task) while a row waited."""
 
 
 class Pacer:
@@ -184,19 +220,19 @@ class Pacer:
 
     :param max_rate: ``(n, seconds)``: at most ``n`` bookings started in any ``seconds`` window, so a
         known limit is never hit; ``None`` for no pacing.
-    :param clock: the monotonic clock and sleep.
+    :param stop: set when the batch stops: every wait ends at once with :class:`Stopped`.
     """
 
     def __init__(
         self,
         max_rate: tuple[int, float] | None = None,
         *,
+        stop: threading.Event | None = None,
         now: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.max_rate = max_rate
+        self.stop = stop or threading.Event()
         self._now = now
-        self._sleep = sleep
         self._lock = threading.Lock()
         self._starts: list[float] = []
         self.paused_until = 0.0
@@ -209,9 +245,15 @@ class Pacer:
     def pause_left(self) -> float:
         return max(0.0, self.paused_until - self._now())
 
+    def _wait(self, seconds: float) -> None:
+        if self.stop.wait(min(max(seconds, 0.0), 1.0)):
+            raise Stopped
+
     def before_booking(self) -> None:
-        """Wait for any pause, then for a place within ``max_rate``."""
+        """Wait for any pause, then for a place within ``max_rate``; :class:`Stopped` if the batch stops."""
         while True:
+            if self.stop.is_set():
+                raise Stopped
             with self._lock:
                 now = self._now()
                 wait_for = self.paused_until - now
@@ -223,12 +265,14 @@ class Pacer:
                 if wait_for <= 0:
                     self._starts.append(now)
                     return
-            self._sleep(min(wait_for, 1.0))
+            self._wait(wait_for)
 
     def before_request(self) -> None:
         """Wait for any pause (lookups are not paced, but a 429 pauses them too)."""
         while (left := self.pause_left()) > 0:
-            self._sleep(min(left, 1.0))
+            self._wait(left)
+        if self.stop.is_set():
+            raise Stopped
 
 
 class PacedHook:
@@ -247,7 +291,7 @@ class PacedHook:
         return self._hook.appointments_at(email=email, start_time=start_time)
 
     def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
-        self._pacer.before_booking()
+        # Paced by the engine's before_send, ahead of the journal's in-flight entry.
         return self._hook.send_booking(payload)
 
     def cancel_appointment(
@@ -262,6 +306,7 @@ class Progress:
     """Counts for the progress line."""
 
     total: int
+    earlier: int = 0  # rows settled by an earlier try: not counted in the rate
     started: float = field(default_factory=time.monotonic)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -269,15 +314,31 @@ class Progress:
         self.counts[outcome.value] = self.counts.get(outcome.value, 0) + 1
 
     def line(self, left: int) -> str:
-        done = self.total - left
+        finished = self.total - left
+        settled = sum(n for k, n in self.counts.items() if Outcome(k) in FINAL)
         elapsed = max(1e-9, time.monotonic() - self.started)
-        rate = done / elapsed
-        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        rate = max(0, finished - self.earlier) / elapsed
+        eta = f"{left / rate:.0f} s" if rate > 0 and left else ("0 s" if not left else "unknown")
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "none yet"
         return (
-            f"Care360 batch: {done}/{self.total} rows done ({counts}); {left} left; "
+            f"Care360 batch: {settled}/{self.total} rows settled ({counts}); {left} in progress or queued; "
             f"{rate:.1f} rows/s; ETA {eta}"
         )
+
+
+#: Errors about the task itself, not one row: they stop the batch and fail the task, and are never
+#: recorded as a row's final outcome (fix the key or the connection, and every row is booked).
+FATAL = (Care360AuthError, Care360ConnectionConfigError, Care360LookupUnusableError)
+#: 429s one row may meet in a row before the batch stops as throttled (a limit that never lifts).
+MAX_THROTTLED = 20
+
+
+@dataclass
+class BatchRun:
+    """What :func:`run_batch` did: one result per row, and the error that stopped it, if one did."""
+
+    results: list[RowResult]
+    fatal: Care360Error | None = None
 
 
 def run_batch(
@@ -292,24 +353,31 @@ def run_batch(
     max_sleep: float = 60.0,
     progress_every: float = 5.0,
     clock: Clock | None = None,
-) -> list[RowResult]:
+    stop: threading.Event | None = None,
+    sink: dict[int, RowResult] | None = None,
+) -> BatchRun:
     """
-    Book ``rows``; return one result per row, in row order.
+    Book ``rows``; one result per row, in row order.
 
     A row the journal knows is settled (this attempt, the same body) is neither looked up nor sent.
     A 429 pauses every worker; a pause longer than ``max_sleep`` stops the batch: the rows not yet
-    started are ``throttled``, with the named wait as their ``retry_after``. Rows whose requests were
-    in flight finish first, so no row is left half done by the stop.
+    sent are ``throttled``, with the named wait as their ``retry_after``. An error about the task
+    itself (a rejected key, an unusable lookup, a bad connection) stops it too, as :attr:`BatchRun.fatal`.
+    Rows in flight finish first, so no row is left half done by a stop.
 
     :param hook_for: makes a hook for one worker thread (each thread its own HTTP session).
+    :param stop: set from outside (Airflow stopping the task: ``on_kill``) to send nothing more.
+    :param sink: filled with each row's result as it comes, so a caller that is interrupted (a
+        timeout) still has every finished row's result.
     """
-    pacer = Pacer(max_rate)
-    results: dict[int, RowResult] = {}
+    stop = stop or threading.Event()
+    pacer = Pacer(max_rate, stop=stop)
+    results: dict[int, RowResult] = sink if sink is not None else {}
     todo: list[Row] = []
     if journal is not None:
         journal.load(r.index for r in rows)
     for row in rows:
-        settled = journal.settled(row.index, fingerprint(row.payload)) if journal else None
+        settled = journal.settled(row.index, fingerprint(row.payload, journal.key)) if journal else None
         if settled is not None:
             results[row.index] = RowResult(
                 row.index, settled, f"Settled by an earlier try of this task ({settled}); nothing was sent."
@@ -320,31 +388,54 @@ def run_batch(
         log.info("%d of %d rows were settled by an earlier try: not looked up again", len(results), len(rows))
 
     local = threading.local()
-    stop = threading.Event()
     longest_pause = [0.0]
+    fatal: list[Care360Error] = []
 
     def book(row: Row) -> RowResult:
         if not hasattr(local, "hook"):
             local.hook = PacedHook(hook_for(), pacer)
+        throttled = 0
         while True:
             if stop.is_set():
                 return _throttled(row, pacer.pause_left() or longest_pause[0])
             row_journal = RowJournal(journal, row.index, row.payload) if journal else None
             engine = BookingEngine(
-                local.hook, row.payload, options, row_journal, log, past_start=row.past_start, clock=clock
+                local.hook,
+                row.payload,
+                options,
+                row_journal,
+                log,
+                past_start=row.past_start,
+                clock=clock,
+                should_stop=stop.is_set,
+                before_send=pacer.before_booking,
             )
             try:
                 result = engine.run()
+            except Stopped:
+                return _throttled(row, pacer.pause_left() or longest_pause[0])
             except Care360RateLimitError as exc:
-                wait_for = exc.retry_after if exc.retry_after is not None else 1.0
+                throttled += 1
+                # A 429 naming no wait (or none at all) backs off, so a limit that never lifts does
+                # not spin; one that keeps answering 429 stops the batch.
+                wait_for = exc.retry_after if exc.retry_after else min(60.0, 2.0 ** min(throttled, 6))
+                wait_for = max(1.0, wait_for)
                 longest_pause[0] = max(longest_pause[0], wait_for)
-                if wait_for > max_sleep:
+                if wait_for > max_sleep or throttled >= MAX_THROTTLED:
                     stop.set()
                     pacer.pause(wait_for)
                     return _throttled(row, wait_for)
                 pacer.pause(wait_for)
                 log.info("Care360 rate limit (429): the batch pauses %.1f s", wait_for)
                 continue
+            except FATAL as exc:
+                fatal.append(exc)
+                stop.set()
+                return RowResult(
+                    row.index,
+                    Outcome.NOT_SENT,
+                    f"The batch stopped: {exc.summary}. Nothing was sent for this row.",
+                )
             except Care360Error as exc:
                 if row_journal and exc.outcome in FINAL:
                     row_journal.settle(exc.outcome)
@@ -356,6 +447,12 @@ def run_batch(
                     exc.response,
                     retry_after=exc.retry_after,
                 )
+            except Exception as exc:  # a journal write that failed, a defect: this row only
+                outcome = Outcome.AMBIGUOUS if engine.sent else Outcome.NOT_SENT
+                what = (
+                    "after its booking was sent: it may exist" if engine.sent else "before anything was sent"
+                )
+                return RowResult(row.index, outcome, f"The row failed with {type(exc).__name__} {what}.")
             return RowResult(
                 row.index,
                 result.outcome,
@@ -366,7 +463,7 @@ def run_batch(
                 result.cancelled,
             )
 
-    progress = Progress(total=len(rows))
+    progress = Progress(total=len(rows), earlier=len(results))
     for done in results.values():
         progress.add(done.outcome)
     last_line = time.monotonic()
@@ -396,7 +493,15 @@ def run_batch(
             stop.set()  # a timeout or a termination: start nothing more; in-flight rows finish or die
             raise
     log.info("%s", progress.line(0))
-    return [results[r.index] for r in rows]
+    if fatal:
+        for row in rows:
+            if results[row.index].outcome is Outcome.THROTTLED:
+                results[row.index] = RowResult(
+                    row.index,
+                    Outcome.NOT_SENT,
+                    f"The batch stopped: {fatal[0].summary}. Nothing was sent for this row.",
+                )
+    return BatchRun([results[r.index] for r in rows], fatal[0] if fatal else None)
 
 
 def _throttled(row: Row, wait_for: float) -> RowResult:

@@ -161,7 +161,9 @@ class BookingEngine:
         finds, or replays the earlier try's booking).
     :param clock: the wall clock and sleep.
     :param should_stop: asked right before each send; ``True`` (Airflow asked the task to stop:
-        ``on_kill``) sends nothing more.
+        ``on_kill``, or a batch that stopped) sends nothing more.
+    :param before_send: waits for a place to send (a batch's shared pace) before the journal's
+        in-flight entry is written, so the entry's time is the request's.
 
     After :meth:`run` returns or raises, :attr:`sent` says whether a booking request left.
     """
@@ -177,6 +179,7 @@ class BookingEngine:
         past_start: Care360ValidationError | None = None,
         clock: Clock | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        before_send: Callable[[], None] = lambda: None,
     ) -> None:
         self.hook = hook
         self.payload = payload
@@ -186,6 +189,7 @@ class BookingEngine:
         self.past_start = past_start
         self.clock = clock or Clock()
         self.should_stop = should_stop
+        self.before_send = before_send
         self.sent = False
         who = mask_email(payload["email"])
         self.what = f"event type {payload['eventTypeId']} at {payload['startTime']} for {who}"
@@ -330,6 +334,13 @@ class BookingEngine:
 
     # -- steps --------------------------------------------------------------------------------------
 
+    def _stop_if_asked(self) -> None:
+        if self.should_stop():
+            raise Care360NotSentError(
+                "The task was asked to stop before the booking was sent: nothing was sent.",
+                summary="the task was asked to stop",
+            )
+
     def _look(self, in_flight: Entry | None = None) -> AtInstant:
         """
         Look the invitee up at the start. While an earlier try's request may be in flight, a failed
@@ -355,11 +366,9 @@ class BookingEngine:
         return reading
 
     def _send(self) -> dict[str, Any]:
-        if self.should_stop():
-            raise Care360NotSentError(
-                "The task was asked to stop before the booking was sent: nothing was sent.",
-                summary="the task was asked to stop",
-            )
+        self._stop_if_asked()
+        self.before_send()
+        self._stop_if_asked()
         if self.journal:
             self.journal.sending(window=self.hook.request_window)  # the fence: no write, no send
         self.log.info("Booking Care360 %s", self.what)

@@ -28,13 +28,15 @@ new try gets a new id, ``TaskInstance.prepare_db_for_next_try``), and the execut
 to its writes (``airflow/api_fastapi/execution_api/routes/task_state_store.py``); a try whose
 supervisor died cannot reach it at all.
 
-The journal holds a fingerprint of the request body (a SHA-256 digest), never the body itself: no
-personal data goes into the metadata database. Pure code, no Airflow imports.
+The journal holds a fingerprint of the request body (an HMAC-SHA-256 keyed with the connection's API
+key), never the body itself: no personal data goes into the metadata database, and the digest cannot
+be checked against a guessed invitee without the key. Pure code, no Airflow imports.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -57,9 +59,18 @@ class StateStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
-def fingerprint(payload: Mapping[str, Any]) -> str:
-    """A short digest of the request body: tells "the same booking" from "other fields"."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+def fingerprint(payload: Mapping[str, Any], key: str | None = None) -> str:
+    """
+    A short digest of the request body: tells "the same booking" from "other fields".
+
+    :param key: a secret to key it with (the connection's API key): an HMAC, so that someone who can
+        read the metadata DB cannot confirm a guessed invitee and start time from the digest (a
+        booking body has little entropy: an email, a slot on a grid, five locations).
+    """
+    body = json.dumps(payload, sort_keys=True).encode()
+    if key:
+        return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()[:32]
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def attempt_of(max_tries: Any) -> int | None:

@@ -535,6 +535,7 @@ class Care360Hook(BaseHook):
         status, headers, body = self._request("POST", APPOINTMENTS_PATH, json=payload)
         self.log.debug("Care360 answered %s to the booking request", status)
         personal = [str(payload[k]) for k in ("email", "firstName", "lastName") if payload.get(k)]
+        personal += [v for v in (payload.get("tracking") or {}).values() if isinstance(v, str) and len(v) > 2]
         return parse_response(
             status,
             headers,

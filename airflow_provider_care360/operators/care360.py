@@ -272,7 +272,7 @@ class ScheduleAppointmentOperator(BaseOperator):
         if store is not None:
             journal = BookingJournal(
                 store,
-                fingerprint=fingerprint(payload),
+                fingerprint=fingerprint(payload, self.hook.settings.api_key),
                 try_number=try_number,
                 attempt=attempt_of(max_tries),
             )
@@ -498,15 +498,27 @@ class BatchScheduleAppointmentOperator(BaseOperator):
         # As the single operator: the rows and the common names stay out of the rendered fields.
         super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
         if parent is self:
-            self._personal = {name: getattr(self, name) for name in ("rows", "first_name", "last_name")}
+            self._personal = {
+                name: getattr(self, name) for name in ("rows", "first_name", "last_name", "tracking")
+            }
             count = len(self.rows) if isinstance(self.rows, (list, tuple)) else "?"
             object.__setattr__(self, "rows", f"<{count} rows: not shown, they hold personal data>")
-            for name in ("first_name", "last_name"):
+            for name in ("first_name", "last_name", "tracking"):
                 object.__setattr__(self, name, _masked(name, self._personal[name]))
 
     def _field(self, name: str) -> Any:
         personal: dict[str, Any] = getattr(self, "_personal", {})
         return personal[name] if name in personal else getattr(self, name)
+
+    @cached_property
+    def _stop(self) -> Any:
+        import threading
+
+        return threading.Event()
+
+    def on_kill(self) -> None:
+        # Airflow calls this on SIGTERM and gives the task a few seconds: start no booking more.
+        self._stop.set()
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self._run(context, resumed=False)
@@ -598,18 +610,20 @@ class BatchScheduleAppointmentOperator(BaseOperator):
             if item.get("outcome") in final and index in records:
                 records[index] = {**item, "try_number": try_number}
 
+        first = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
+        settings = first.settings  # read the connection once, on this thread
         store = context.get("task_state_store")
         journal = None
         if store is not None:
-            journal = BatchJournal(store, try_number=try_number, attempt=attempt_of(max_tries))
+            journal = BatchJournal(
+                store, try_number=try_number, attempt=attempt_of(max_tries), key=settings.api_key
+            )
         options = BookingOptions(
             check_existing=True,
             settle_delay=self.settle_delay,
             apply_window=self.apply_window,
             tries_left=isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries,
         )
-        first = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
-        settings = first.settings  # read the connection once, on this thread
         hooks: list[Care360Hook] = []
 
         def hook_for() -> Care360Hook:
@@ -626,9 +640,9 @@ class BatchScheduleAppointmentOperator(BaseOperator):
             len(todo),
             self.concurrency,
         )
-        results: list[RowResult] = []
+        sink: dict[int, RowResult] = {}
         try:
-            results = run_batch(
+            run = run_batch(
                 todo,
                 hook_for=hook_for,
                 options=options,
@@ -637,13 +651,23 @@ class BatchScheduleAppointmentOperator(BaseOperator):
                 concurrency=self.concurrency,
                 max_rate=self.max_rate,
                 max_sleep=self.max_sleep,
+                stop=self._stop,
+                sink=sink,
             )
-        except BaseException:
-            self._push_records(ti, records, results)
+        except BaseException as exc:  # a timeout: every finished row keeps its record, the rest say why
+            for row in todo:
+                if row.index not in sink:
+                    records[row.index].update(
+                        outcome=Outcome.AMBIGUOUS.value,
+                        message=f"The try ended with {type(exc).__name__} while this row was in progress or "
+                        "queued: its booking may have been sent. The next try looks it up first.",
+                    )
+            self._push_records(ti, records, list(sink.values()))
             raise
         finally:
             for hook in hooks:
                 hook.close()
+        results = run.results
         for result in results:
             records[result.index].update(
                 outcome=result.outcome.value,
@@ -655,6 +679,8 @@ class BatchScheduleAppointmentOperator(BaseOperator):
             )
         ordered = self._push_records(ti, records, [])
         summary = summarize_outcomes(ordered)
+        if run.fatal is not None:
+            raise run.fatal  # a rejected key, an unusable lookup, a bad connection: fix it, run again
 
         left = [r for r in results if r.outcome not in FINAL]
         throttled = [r for r in left if r.outcome is Outcome.THROTTLED]
@@ -705,7 +731,9 @@ class BatchScheduleAppointmentOperator(BaseOperator):
         from airflow_provider_care360.outcomes import appointment_summary
 
         for result in partial:
-            records[result.index].update(outcome=result.outcome.value, message=result.message)
+            records[result.index].update(
+                outcome=result.outcome.value, message=result.message, http_status=result.http_status
+            )
             records[result.index]["appointment"] = appointment_summary(result.appointment)
         ordered = [records[i] for i in sorted(records)]
         try:

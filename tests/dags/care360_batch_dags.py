@@ -46,3 +46,16 @@ for dag_id, extra, retries in (
         },
     ):
         BatchScheduleAppointmentOperator(task_id="book", rows=conf_rows(), **COMMON, **extra)
+
+# Rows straight from the run's conf, rendered natively: no upstream task holds them in its XCom.
+with DAG(
+    "care360_tb_native",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    render_template_as_native_obj=True,
+    default_args={"retries": 0, "email_on_failure": False, "email_on_retry": False},
+):
+    BatchScheduleAppointmentOperator(
+        task_id="book", rows="{{ dag_run.conf['rows'] }}", **COMMON, max_sleep=5, deferrable=False
+    )

@@ -1,0 +1,206 @@
+"""
+run_batch and the batch journal with a thread-safe stand-in hook and store, on the real clock (the
+batch runs real worker threads), with waits of a second or two at most.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from airflow_provider_care360._responses import AtInstant, read_at_instant
+from airflow_provider_care360.booking.batch import ROWS_PER_KEY, BatchJournal, Row, run_batch
+from airflow_provider_care360.booking.engine import BookingOptions
+from airflow_provider_care360.booking.journal import fingerprint
+from airflow_provider_care360.exceptions import Care360AuthError, Care360RateLimitError
+from airflow_provider_care360.outcomes import Outcome
+from airflow_provider_care360.rows import chunk_rows
+
+OPTIONS = BookingOptions(settle_delay=0.0, apply_window=0.5)
+
+
+def row(i: int) -> Row:
+    return Row(
+        i,
+        {
+            "eventTypeId": "evt",
+            "startTime": f"2030-01-01T{10 + i // 2:02d}:{30 * (i % 2):02d}:00Z",
+            "email": f"row{i}@example.com",
+            "timezone": "UTC",
+            "location": "zoom_conference",
+        },
+    )
+
+
+class Hook:
+    """A ledger behind a lock; scripted answers to bookings and lookups."""
+
+    request_window = 1.0
+
+    def __init__(self, answers: list[Any] | None = None, lookup_error: Exception | None = None) -> None:
+        self.lock = threading.Lock()
+        self.answers = list(answers or [])
+        self.lookup_error = lookup_error
+        self.ledger: list[dict[str, Any]] = []
+        self.sends: list[tuple[float, str]] = []
+        self.lookups = 0
+
+    def appointments_at(self, *, email: str, start_time: str) -> AtInstant:
+        with self.lock:
+            self.lookups += 1
+            if self.lookup_error is not None:
+                raise self.lookup_error
+            mine = [a for a in self.ledger if a["email"] == email]
+        return read_at_instant(mine, datetime.fromisoformat(start_time))
+
+    def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.sends.append((time.monotonic(), payload["email"]))
+            answer = self.answers.pop(0) if self.answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        with self.lock:
+            n = len(self.ledger)
+            self.ledger.append(
+                {
+                    "id": f"a{n}",
+                    "email": payload["email"],
+                    "start": payload["startTime"],
+                    "status": "CONFIRMED",
+                    "createdAt": datetime.now(UTC).isoformat(),
+                }
+            )
+        return {"status": 200, "success": True}
+
+    def cancel_appointment(self, **_: Any) -> dict[str, Any]:
+        return {"success": True}
+
+
+class Store:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.lock = threading.Lock()
+        self.data: dict[str, Any] = {}
+        self.writes: list[tuple[float, str, Any]] = []
+        self.fail_on = fail_on
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        with self.lock:
+            if self.fail_on is not None and len(self.writes) + 1 == self.fail_on:
+                self.writes.append((time.monotonic(), key, None))
+                raise RuntimeError("API server error: 404 task instance not found")
+            self.writes.append((time.monotonic(), key, json.loads(json.dumps(value))))
+            self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+class Log:
+    def info(self, msg: Any, *args: Any) -> None:
+        pass
+
+    warning = info
+
+
+def batch(rows: list[Row], hook: Hook, store: Store | None, **kwargs: Any) -> Any:
+    journal = (
+        BatchJournal(store, try_number=kwargs.pop("try_number", 1), attempt=1) if store is not None else None
+    )
+    return run_batch(rows, hook_for=lambda: hook, options=OPTIONS, journal=journal, log=Log(), **kwargs)
+
+
+def test_the_in_flight_entry_is_written_after_the_pace_wait_right_before_the_send() -> None:
+    """A try killed while a row waited for its place must not leave a stale in-flight time behind."""
+    hook, store = Hook(), Store()
+    batch([row(0), row(1), row(2)], hook, store, concurrency=3, max_rate=(1, 0.7))
+    sending = [(at, v) for at, _, v in store.writes if v and any(e[0] == "s" for e in v.values())]
+    assert len(hook.sends) == 3 and len(sending) >= 3
+    gaps = sorted(hook.sends[i][0] - sending[i][0] for i in range(3))
+    assert max(gaps) < 0.3  # each entry right before its send, not before the pace wait
+    assert hook.sends[2][0] - hook.sends[0][0] >= 1.3  # paced: one a 0.7 s
+
+
+def test_a_stop_wakes_rows_waiting_for_a_long_pause_and_sends_nothing_more() -> None:
+    hook = Hook([Care360RateLimitError("429", retry_after=30, summary="429")])
+    started = time.monotonic()
+    run = batch([row(i) for i in range(4)], hook, Store(), concurrency=4, max_sleep=1)
+    assert time.monotonic() - started < 5
+    assert len(hook.sends) <= 4 and len({email for _, email in hook.sends}) == len(hook.sends)
+    outcomes = [r.outcome for r in run.results]
+    assert Outcome.THROTTLED in outcomes and all(
+        r.retry_after for r in run.results if r.outcome is Outcome.THROTTLED
+    )
+
+
+def test_429s_that_name_no_wait_back_off_and_stop_instead_of_spinning() -> None:
+    hook = Hook([Care360RateLimitError("429", summary="429") for _ in range(50)])
+    started = time.monotonic()
+    run = batch([row(0)], hook, Store(), max_sleep=3)
+    assert time.monotonic() - started < 8 and len(hook.sends) <= 3
+    assert run.results[0].outcome is Outcome.THROTTLED
+
+
+def test_a_row_whose_journal_write_fails_fails_alone_and_every_row_keeps_its_result() -> None:
+    hook, store = Hook(), Store(fail_on=3)
+    run = batch([row(i) for i in range(5)], hook, store, concurrency=1)
+    outcomes = [r.outcome for r in run.results]
+    assert len(outcomes) == 5 and outcomes.count(Outcome.NOT_SENT) == 1
+    assert outcomes.count(Outcome.BOOKED) == 4 and len(hook.sends) == 4
+
+
+def test_a_rejected_key_stops_the_batch_fails_it_and_settles_no_row() -> None:
+    hook, store = (
+        Hook(lookup_error=Care360AuthError("401", http_status=401, summary="the key was rejected")),
+        Store(),
+    )
+    run = batch([row(i) for i in range(6)], hook, store, concurrency=2)
+    assert isinstance(run.fatal, Care360AuthError) and hook.sends == []
+    assert all(r.outcome is Outcome.NOT_SENT for r in run.results)
+    assert not any(e[0] == "d" for v in store.data.values() for e in v.values())
+
+
+def test_a_try_resumed_after_a_deferral_reads_what_it_recorded_before() -> None:
+    """The try number does not change on resume: try 1 must read the journal too."""
+    hook, store = Hook(), Store()
+    batch([row(0), row(1)], hook, store)
+    looked = hook.lookups
+    run = batch([row(0), row(1), row(2)], hook, store, try_number=1)
+    assert [r.outcome for r in run.results] == [Outcome.BOOKED, Outcome.BOOKED, Outcome.BOOKED]
+    assert hook.lookups - looked == 1 and len(hook.sends) == 3  # rows 0 and 1 neither looked up nor sent
+
+
+def test_a_full_journal_key_stays_far_under_the_rest_apis_64_kib() -> None:
+    store = Store()
+    journal = BatchJournal(store, try_number=1, attempt=7, key="k")
+    from airflow_provider_care360.booking.batch import RowJournal
+
+    for i in range(ROWS_PER_KEY):
+        entry = RowJournal(journal, i, row(i).payload)
+        entry.sending(window=40.0)
+        entry.unclear()
+    size = len(json.dumps(store.data["care360_batch/0"]))
+    assert size < 16 * 1024, size
+
+
+def test_the_fingerprint_is_keyed() -> None:
+    body = row(0).payload
+    assert fingerprint(body, "key-a") != fingerprint(body, "key-b") != fingerprint(body)
+    assert fingerprint(body, "key-a") == fingerprint(dict(reversed(list(body.items()))), "key-a")
+
+
+def test_chunk_rows_keeps_an_invitees_repeats_in_one_chunk() -> None:
+    rows = [{"email": f"r{i}@example.com", "start_time": f"2030-01-01T1{i}:00:00Z"} for i in range(5)]
+    rows.append({"email": "R0@Example.com", "start_time": "2030-01-01T11:00:00+01:00"})  # repeats row 0
+    chunks = chunk_rows(rows, 2)
+    assert [len(c) for c in chunks] == [3, 2, 1]
+    assert rows[5] in chunks[0]
+    with pytest.raises(ValueError):
+        chunk_rows(rows, 0)
