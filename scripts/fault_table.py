@@ -26,15 +26,20 @@ DAGS = {
 
 def render(cases: dict[str, Any]) -> str:
     lines = [
-        "| case | task | bookings made | final state (tries) | outcome | a person needed? |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| case | task | bookings made | final state (tries) | outcome | a person needed? | Airflow < 3.3 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, case in cases.items():
         task = DAGS.get(case.dag, "`retries=2`")
         made = f"{case.booked}" + (" new (1 exists)" if case.preload and case.booked == 0 else "")
         posts = "" if case.posts is None else f", {case.posts} POST" + ("" if case.posts == 1 else "s")
         state = f"{case.state} ({case.tries}{posts})"
-        lines.append(f"| {name} | {task} | {made} | {state} | {case.outcome} | {case.person} |")
+        old = "the same"
+        if case.before_33 is not None:
+            old = f"{case.before_33[0]} ({case.before_33[1]}), {case.before_33[2]}: the try holds the window"
+        elif case.only_33:
+            old = f"not run: {case.only_33}"
+        lines.append(f"| {name} | {task} | {made} | {state} | {case.outcome} | {case.person} | {old} |")
     return "\n".join(lines) + "\n"
 
 

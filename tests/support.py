@@ -81,7 +81,7 @@ def xcom_value(result: DagRunResult, task_id: str, map_index: int = -1, key: str
             .filter_by(key=key)
             .one()
         )
-        if isinstance(row.value, dict):  # Airflow 2.11 hands back the decoded JSON
+        if isinstance(row.value, (dict, list)):  # Airflow 2.11 hands back the decoded JSON
             return row.value
         return XComModel.deserialize_value(row)
 

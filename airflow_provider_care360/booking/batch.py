@@ -437,6 +437,10 @@ def run_batch(
                     f"The batch stopped: {exc.summary}. Nothing was sent for this row.",
                 )
             except Care360Error as exc:
+                if stop.is_set() and not engine.sent and exc.outcome is Outcome.NOT_SENT:
+                    # Stopped right before its send (a long wait, a fatal error, on_kill): the batch
+                    # resumes it, so it is throttled like the rows not yet started.
+                    return _throttled(row, pacer.pause_left() or longest_pause[0])
                 if row_journal and exc.outcome in FINAL:
                     row_journal.settle(exc.outcome)
                 return RowResult(

@@ -177,7 +177,8 @@ class ScheduleAppointmentOperator(BaseOperator):
         # shown under Rendered Templates): keep the real values for the request, and leave masked ones
         # on the attributes Airflow reads.
         super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        if parent is self:
+        if parent is self and "_personal" not in self.__dict__:
+            # Once: Airflow 2.11's dag.test() renders the already rendered (masked) copy again.
             self._personal = {name: getattr(self, name) for name in PERSONAL_FIELDS}
             for name, value in self._personal.items():
                 object.__setattr__(self, name, _masked(name, value))
@@ -497,7 +498,8 @@ class BatchScheduleAppointmentOperator(BaseOperator):
     ) -> None:
         # As the single operator: the rows and the common names stay out of the rendered fields.
         super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        if parent is self:
+        if parent is self and "_personal" not in self.__dict__:
+            # Once: Airflow 2.11's dag.test() renders the already rendered (masked) copy again.
             self._personal = {
                 name: getattr(self, name) for name in ("rows", "first_name", "last_name", "tracking")
             }
