@@ -371,6 +371,9 @@ class BookingEngine:
         self._stop_if_asked()
         if self.journal:
             self.journal.sending(window=self.hook.request_window)  # the fence: no write, no send
+            if self.should_stop():  # Airflow stopped the task while the write was on its way
+                self.journal.forget()
+                self._stop_if_asked()
         self.log.info("Booking Care360 %s", self.what)
         self.sent = True
         return self.hook.send_booking(self.payload)

@@ -4,7 +4,7 @@ The booking journal: what a try of a booking task sent, kept in Airflow's ``task
 Airflow >= 3.3 keeps small JSON values per (DAG run, task, map index) across tries (AIP-103), and
 **across clears**: ``clear_task_instances`` (``airflow/models/taskinstance.py``) never touches the
 store, whose rows "retries of the same task share" (``airflow/models/task_state_store.py``); only
-``[state_store] clear_on_success``, the REST API or ``airflow state-store cleanup`` (after the
+``[state_store] clear_on_success``, the REST API or ``airflow state-store clean`` (after the
 retention, 30 days by default) delete them.
 
 So each entry names the *attempt* that wrote it: the task instance's ``max_tries`` as the server
@@ -20,7 +20,7 @@ unclear it adds ``unclear_at``. A booking Care360 answered 200 to becomes ``stat
 that a retry replays it if the try dies before Airflow records its success (a lookup could lag
 behind it); an outcome the lookup itself showed deletes the entry, since a later lookup shows it
 too. A finished booking task therefore leaves one small row (~200 bytes) until ``[state_store]
-clear_on_success`` deletes it at success, or ``airflow state-store cleanup`` after the retention.
+clear_on_success`` deletes it at success, or ``airflow state-store clean`` after the retention.
 
 The write before the send is the fence: a try
 whose write fails sends nothing. A try that lost its heartbeat has lost its task instance id too (a

@@ -663,3 +663,24 @@ def test_a_task_asked_to_stop_sends_nothing_more() -> None:
     with pytest.raises(Care360NotSentError, match="asked to stop"):
         stopping.run()
     assert hook.sent == 0 and not stopping.sent
+
+
+def test_a_stop_that_lands_during_the_journal_write_sends_nothing_and_leaves_no_entry() -> None:
+    """on_kill arrives while the in-flight write is with the supervisor: the send must not follow."""
+    world = World()
+    hook = Hook(world)
+    stopping = [False]
+
+    class StopsOnWrite(Store):
+        def set(self, key: str, value: Any) -> None:
+            super().set(key, value)
+            stopping[0] = True
+
+    store = StopsOnWrite()
+    journal = BookingJournal(store, fingerprint=fingerprint(PAYLOAD), try_number=1, attempt=1)
+    booking = BookingEngine(
+        hook, PAYLOAD, BookingOptions(), journal, Log(), clock=world.clock(), should_stop=lambda: stopping[0]
+    )
+    with pytest.raises(Care360NotSentError, match="asked to stop"):
+        booking.run()
+    assert hook.sent == 0 and KEY not in store.data
