@@ -83,6 +83,23 @@ def prepare_bookings(
     return [kwargs for _, kwargs in indexed], rejected
 
 
+def payload_of(fields: Mapping[str, Any], *, require_future: bool = True) -> dict[str, Any]:
+    """The request body of a row's booking arguments (operator names), or ``Care360ValidationError``."""
+    from airflow_provider_care360.validation import build_booking_payload
+
+    return build_booking_payload(
+        require_future=require_future,
+        event_type_id=fields.get("event_type_id"),
+        start_time=fields.get("start_time"),
+        email=fields.get("invitee_email"),
+        timezone=fields.get("timezone"),
+        location=fields.get("location"),
+        first_name=fields.get("first_name"),
+        last_name=fields.get("last_name"),
+        tracking=fields.get("tracking"),
+    )
+
+
 def chunk_rows(rows: Iterable[Any], size: int) -> list[list[Any]]:
     """
     ``rows`` in consecutive chunks of about ``size``, to map ``BatchScheduleAppointmentOperator``
@@ -153,7 +170,6 @@ def prepare_indexed(
         tasks never book one appointment twice.
     """
     from airflow_provider_care360.exceptions import Care360ValidationError
-    from airflow_provider_care360.validation import build_booking_payload
 
     if record_email not in RECORD_EMAIL_MODES:
         raise ValueError(f"record_email must be one of {', '.join(RECORD_EMAIL_MODES)}, got {record_email!r}")
@@ -188,19 +204,8 @@ def prepare_indexed(
                 reasons.append(f"{', '.join(twice)} also set for every row by the task; allowed: one place")
             rejected.append(_rejected(index, row, "; ".join(reasons), raw))
             continue
-        merged = {**fixed, **kwargs}
         try:
-            payload = build_booking_payload(
-                require_future=require_future,
-                event_type_id=merged.get("event_type_id"),
-                start_time=merged.get("start_time"),
-                email=merged.get("invitee_email"),
-                timezone=merged.get("timezone"),
-                location=merged.get("location"),
-                first_name=merged.get("first_name"),
-                last_name=merged.get("last_name"),
-                tracking=merged.get("tracking"),
-            )
+            payload = payload_of({**fixed, **kwargs}, require_future=require_future)
         except Care360ValidationError as exc:
             rejected.append(_rejected(index, row, "; ".join(exc.problems), raw))
             continue

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC as _UTC
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
@@ -33,7 +33,44 @@ if TYPE_CHECKING:
 __all__ = ["OUTCOMES_KEY", "BatchScheduleAppointmentOperator", "ScheduleAppointmentOperator"]
 
 
-class ScheduleAppointmentOperator(BaseOperator):
+class _PersonalFieldsOutOfRendering:
+    """
+    Keeps the personal fields of a booking operator out of Airflow's rendered fields.
+
+    Every rendering passes through ``_do_render_template_fields``, plain and mapped tasks alike (a
+    mapped task renders its unmapped operator through it: airflow/sdk/definitions/mappedoperator.py).
+    Airflow stores the rendered attributes right after rendering (rendered_task_instance_fields,
+    shown under Rendered Templates): the real values are kept for the request, and masked ones left
+    on the attributes Airflow reads.
+    """
+
+    #: The template fields that carry personal data.
+    personal_fields: ClassVar[tuple[str, ...]] = ()
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Any,
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        super()._do_render_template_fields(  # type: ignore[misc]
+            parent, template_fields, context, jinja_env, seen_oids
+        )
+        if parent is self and "_personal" not in self.__dict__:
+            # Once: Airflow 2.11's dag.test() renders the already rendered (masked) copy again.
+            self._personal = {name: getattr(self, name) for name in self.personal_fields}
+            for name, value in self._personal.items():
+                object.__setattr__(self, name, _masked(name, value))
+
+    def _field(self, name: str) -> Any:
+        """A booking field as rendered: the real value of a personal field, not its masked form."""
+        personal: dict[str, Any] = getattr(self, "_personal", {})
+        return personal[name] if name in personal else getattr(self, name)
+
+
+class ScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperator):
     """
     Book one Care360 appointment for one invitee, exactly once.
 
@@ -97,6 +134,7 @@ class ScheduleAppointmentOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (*BOOKING_FIELDS, "care360_conn_id")
+    personal_fields = PERSONAL_FIELDS
     template_fields_renderers = {"tracking": "json"}
     ui_color = "#e3f2fd"
 
@@ -162,31 +200,6 @@ class ScheduleAppointmentOperator(BaseOperator):
                 stacklevel=2,
             )
         self.retry_on_ambiguous = retry_on_ambiguous
-
-    def _do_render_template_fields(
-        self,
-        parent: Any,
-        template_fields: Any,
-        context: Context,
-        jinja_env: jinja2.Environment,
-        seen_oids: set[int],
-    ) -> None:
-        # The one place every rendering passes through, plain and mapped tasks alike (a mapped task
-        # renders its unmapped operator through this method: airflow/sdk/definitions/mappedoperator.py).
-        # Airflow stores the rendered attributes right after rendering (rendered_task_instance_fields,
-        # shown under Rendered Templates): keep the real values for the request, and leave masked ones
-        # on the attributes Airflow reads.
-        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        if parent is self and "_personal" not in self.__dict__:
-            # Once: Airflow 2.11's dag.test() renders the already rendered (masked) copy again.
-            self._personal = {name: getattr(self, name) for name in PERSONAL_FIELDS}
-            for name, value in self._personal.items():
-                object.__setattr__(self, name, _masked(name, value))
-
-    def _field(self, name: str) -> Any:
-        """A booking field as rendered: the real value of a personal field, not its masked form."""
-        personal: dict[str, Any] = getattr(self, "_personal", {})
-        return personal[name] if name in personal else getattr(self, name)
 
     @cached_property
     def hook(self) -> Care360Hook:
@@ -355,6 +368,9 @@ def _masked(name: str, value: Any) -> Any:
     """The form of a personal field that Airflow may store and show: masked, its shape kept."""
     if value is None or value == "":
         return value
+    if name == "rows":
+        count = len(value) if isinstance(value, (list, tuple)) else "?"
+        return f"<{count} rows: not shown, they hold personal data>"
     if name == "invitee_email":
         return mask_email(value)
     if name == "tracking":
@@ -383,7 +399,7 @@ def _default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
-class BatchScheduleAppointmentOperator(BaseOperator):
+class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperator):
     """
     Book many rows in one task, each exactly once, at the API's own pace.
 
@@ -424,6 +440,7 @@ class BatchScheduleAppointmentOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("rows", *_COMMON_FIELDS, "care360_conn_id")
+    personal_fields = ("rows", "first_name", "last_name", "tracking")
     template_fields_renderers = {"tracking": "json"}
     ui_color = "#bbdefb"
 
@@ -488,30 +505,6 @@ class BatchScheduleAppointmentOperator(BaseOperator):
             )
         self.record_email = record_email
 
-    def _do_render_template_fields(
-        self,
-        parent: Any,
-        template_fields: Any,
-        context: Context,
-        jinja_env: jinja2.Environment,
-        seen_oids: set[int],
-    ) -> None:
-        # As the single operator: the rows and the common names stay out of the rendered fields.
-        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        if parent is self and "_personal" not in self.__dict__:
-            # Once: Airflow 2.11's dag.test() renders the already rendered (masked) copy again.
-            self._personal = {
-                name: getattr(self, name) for name in ("rows", "first_name", "last_name", "tracking")
-            }
-            count = len(self.rows) if isinstance(self.rows, (list, tuple)) else "?"
-            object.__setattr__(self, "rows", f"<{count} rows: not shown, they hold personal data>")
-            for name in ("first_name", "last_name", "tracking"):
-                object.__setattr__(self, name, _masked(name, self._personal[name]))
-
-    def _field(self, name: str) -> Any:
-        personal: dict[str, Any] = getattr(self, "_personal", {})
-        return personal[name] if name in personal else getattr(self, name)
-
     @cached_property
     def _stop(self) -> Any:
         import threading
@@ -548,8 +541,8 @@ class BatchScheduleAppointmentOperator(BaseOperator):
             outcome_record,
             summarize_outcomes,
         )
-        from airflow_provider_care360.rows import prepare_indexed
-        from airflow_provider_care360.validation import build_booking_payload, past_start_problem
+        from airflow_provider_care360.rows import payload_of, prepare_indexed
+        from airflow_provider_care360.validation import past_start_problem
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
@@ -573,17 +566,7 @@ class BatchScheduleAppointmentOperator(BaseOperator):
         raw = self.record_email == "raw"
         for index, kwargs in good:
             merged = {**fixed, **kwargs}
-            payload = build_booking_payload(
-                event_type_id=merged.get("event_type_id"),
-                start_time=merged.get("start_time"),
-                email=merged.get("invitee_email"),
-                timezone=merged.get("timezone"),
-                location=merged.get("location"),
-                first_name=merged.get("first_name"),
-                last_name=merged.get("last_name"),
-                tracking=merged.get("tracking"),
-                require_future=False,
-            )
+            payload = payload_of(merged, require_future=False)
             start = parse_instant(payload["startTime"])
             problem = past_start_problem(start) if start is not None else None
             batch_rows.append(Row(index, payload, Care360ValidationError([problem]) if problem else None))
