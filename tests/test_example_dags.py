@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_care360.version_compat import AIRFLOW_V_3_3_PLUS
 from support import EXAMPLE_DAGS, airflow_cli, iso, next_slot, run_dag, state_of, xcom_value
 
 pytestmark = pytest.mark.integration
@@ -163,11 +162,6 @@ def test_batch_example_run_again_with_the_same_rows_books_nobody_twice(simulator
     assert len(simulator.appointments) == 3
 
 
-@pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS,
-    reason="a quota's wait and the deferral through it are verified on Airflow 3.3 only "
-    "(an open defect on 2.11)",
-)
 def test_daily_batch_example_books_in_chunks_defers_through_a_quota_and_writes_back_by_row(
     simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

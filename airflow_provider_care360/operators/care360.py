@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from datetime import UTC as _UTC
@@ -505,15 +506,11 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
             )
         self.record_email = record_email
 
-    @cached_property
-    def _stop(self) -> Any:
-        import threading
-
-        return threading.Event()
-
     def on_kill(self) -> None:
         # Airflow calls this on SIGTERM and gives the task a few seconds: start no booking more.
-        self._stop.set()
+        stop = self.__dict__.get("_stop")
+        if stop is not None:
+            stop.set()
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self._run(context, resumed=False)
@@ -626,6 +623,10 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
             self.concurrency,
         )
         sink: dict[int, RowResult] = {}
+        # One stop event a run: a batch that stopped for a long wait sets it, and the run that
+        # resumes after the deferral may be this same operator object (dag.test() on Airflow 2 runs
+        # both in one process), which must not start out stopped.
+        stop = self.__dict__["_stop"] = threading.Event()
         try:
             run = run_batch(
                 todo,
@@ -636,7 +637,7 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
                 concurrency=self.concurrency,
                 max_rate=self.max_rate,
                 max_sleep=self.max_sleep,
-                stop=self._stop,
+                stop=stop,
                 sink=sink,
             )
         except BaseException as exc:  # a timeout: every finished row keeps its record, the rest say why

@@ -65,14 +65,6 @@ def test_a_burst_of_429s_pauses_the_whole_batch_and_books_everything_in_one_try(
     assert 1 <= len(throttled) <= 4 * 3
 
 
-QUOTAS_VERIFIED = pytest.mark.skipif(
-    not AIRFLOW_V_3_3_PLUS,
-    reason="a quota's wait and the deferral through it are verified on Airflow 3.3 only: on 2.11 the "
-    "stopped rows reach the task with no wait (an open defect)",
-)
-
-
-@QUOTAS_VERIFIED
 def test_a_quota_makes_the_batch_defer_and_resume_where_it_stopped(simulator: Any, capfd: Any) -> None:
     simulator.quota, simulator.quota_window = 3, 4.0  # X-RateLimit-* only, a wait past max_sleep
     batch = rows(5, days=6)
@@ -90,15 +82,22 @@ def test_a_quota_makes_the_batch_defer_and_resume_where_it_stopped(simulator: An
     assert len(lookups) <= len(batch) + 2
 
 
-@QUOTAS_VERIFIED
 def test_without_deferral_a_quota_ends_the_try_and_the_retry_books_the_rest(simulator: Any) -> None:
     simulator.quota, simulator.quota_window = 3, 3.0
     batch = rows(5, days=7)
     result = run_dag("care360_tb_no_defer", {"rows": batch}, folder=_folder())
 
     ti = result.ti("book")
-    assert state_of(ti) == "success" and ti.try_number == 2
-    assert xcom_value(result, "book")["counts"] == {"booked": 5}
+    assert state_of(ti) == "success"
+    if RETRY_POLICIES_SUPPORTED:
+        assert ti.try_number == 2  # the retry policy waited the time Care360 named
+    else:
+        assert ti.try_number in (2, 3)  # retry_delay (1 s) may end inside the quota's 3 s: one more try
+    counts = xcom_value(result, "book")["counts"]
+    if AIRFLOW_V_3_3_PLUS:
+        assert counts == {"booked": 5}  # the journal knows which rows try 1 booked
+    else:  # no store: the retry looks every row up, and finds try 1's bookings
+        assert counts.get("booked", 0) + counts.get("already_booked", 0) == 5 and len(counts) <= 2
     assert sorted(b["email"] for b in simulator.bookings) == [r["email"] for r in batch]
     if RETRY_POLICIES_SUPPORTED:
         # The journal tells the retry which rows are settled: it looks up only the rows left.
