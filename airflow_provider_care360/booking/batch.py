@@ -389,7 +389,25 @@ def run_batch(
 
     local = threading.local()
     longest_pause = [0.0]
+    waited_out = threading.Event()  # the batch stopped itself for a wait longer than max_sleep
     fatal: list[Care360Error] = []
+
+    def stopped(row: Row) -> RowResult:
+        """A row the batch did not send because it stopped: say what stopped it."""
+        if fatal:
+            return RowResult(
+                row.index,
+                Outcome.NOT_SENT,
+                f"The batch stopped: {fatal[0].summary}. Nothing was sent for this row.",
+            )
+        if waited_out.is_set():
+            return _throttled(row, pacer.pause_left() or longest_pause[0])
+        return RowResult(
+            row.index,
+            Outcome.NOT_SENT,
+            "Airflow stopped the task (a timeout, a termination or a kill) before this row was sent; nothing "
+            "was sent for it, and the next try books it.",
+        )
 
     def book(row: Row) -> RowResult:
         if not hasattr(local, "hook"):
@@ -397,7 +415,7 @@ def run_batch(
         throttled = 0
         while True:
             if stop.is_set():
-                return _throttled(row, pacer.pause_left() or longest_pause[0])
+                return stopped(row)
             row_journal = RowJournal(journal, row.index, row.payload) if journal else None
             engine = BookingEngine(
                 local.hook,
@@ -413,7 +431,7 @@ def run_batch(
             try:
                 result = engine.run()
             except Stopped:
-                return _throttled(row, pacer.pause_left() or longest_pause[0])
+                return stopped(row)
             except Care360RateLimitError as exc:
                 throttled += 1
                 # A 429 naming no wait (or none at all) backs off, so a limit that never lifts does
@@ -422,8 +440,9 @@ def run_batch(
                 wait_for = max(1.0, wait_for)
                 longest_pause[0] = max(longest_pause[0], wait_for)
                 if wait_for > max_sleep or throttled >= MAX_THROTTLED:
-                    stop.set()
                     pacer.pause(wait_for)
+                    waited_out.set()
+                    stop.set()
                     return _throttled(row, wait_for)
                 pacer.pause(wait_for)
                 log.info("Care360 rate limit (429): the batch pauses %.1f s", wait_for)
@@ -438,9 +457,9 @@ def run_batch(
                 )
             except Care360Error as exc:
                 if stop.is_set() and not engine.sent and exc.outcome is Outcome.NOT_SENT:
-                    # Stopped right before its send (a long wait, a fatal error, on_kill): the batch
-                    # resumes it, so it is throttled like the rows not yet started.
-                    return _throttled(row, pacer.pause_left() or longest_pause[0])
+                    # Stopped right before its send (a long wait, a fatal error, on_kill): like the
+                    # rows not yet started (throttled after a long wait, so the batch resumes it).
+                    return stopped(row)
                 if row_journal and exc.outcome in FINAL:
                     row_journal.settle(exc.outcome)
                 return RowResult(
@@ -480,8 +499,8 @@ def run_batch(
                     running.add(pool.submit(book, queue.pop()))
                 if stop.is_set() and queue:
                     for row in reversed(queue):
-                        results[row.index] = _throttled(row, pacer.pause_left() or longest_pause[0])
-                        progress.add(Outcome.THROTTLED)
+                        results[row.index] = stopped(row)
+                        progress.add(results[row.index].outcome)
                     queue.clear()
                 if not running:
                     continue
@@ -497,14 +516,10 @@ def run_batch(
             stop.set()  # a timeout or a termination: start nothing more; in-flight rows finish or die
             raise
     log.info("%s", progress.line(0))
-    if fatal:
+    if fatal:  # a row throttled before the fatal error came is not sent for that error too
         for row in rows:
             if results[row.index].outcome is Outcome.THROTTLED:
-                results[row.index] = RowResult(
-                    row.index,
-                    Outcome.NOT_SENT,
-                    f"The batch stopped: {fatal[0].summary}. Nothing was sent for this row.",
-                )
+                results[row.index] = stopped(row)
     return BatchRun([results[r.index] for r in rows], fatal[0] if fatal else None)
 
 

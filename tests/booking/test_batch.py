@@ -207,3 +207,22 @@ def test_chunk_rows_keeps_an_invitees_repeats_in_one_chunk() -> None:
     assert rows[5] in chunks[0]
     with pytest.raises(ValueError):
         chunk_rows(rows, 0)
+
+
+def test_rows_left_when_airflow_stops_the_task_say_so_and_name_no_429() -> None:
+    """on_kill (a timeout, a termination) sets the stop event: the rows left are not sent, and why."""
+    stop = threading.Event()
+
+    class SlowHook(Hook):
+        def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
+            answer = super().send_booking(payload)
+            stop.set()  # Airflow stops the task while the first booking is on its way
+            return answer
+
+    hook = SlowHook()
+    run = batch([row(i) for i in range(5)], hook, Store(), concurrency=1, stop=stop)
+    assert [r.outcome for r in run.results] == [Outcome.BOOKED] + [Outcome.NOT_SENT] * 4
+    assert len(hook.sends) == 1
+    for result in run.results[1:]:
+        assert result.http_status is None and result.retry_after is None
+        assert "Airflow stopped the task" in result.message and "429" not in result.message
