@@ -80,7 +80,16 @@ class BatchJournal:
     Every row's journal entry, in ``task_state_store`` keys of :data:`ROWS_PER_KEY` rows each.
 
     An entry is ``[state, fingerprint, attempt, sent_at, window, unclear_at, outcome, try]``, with
-    state ``"s"`` (sending) or ``"d"`` (done). A write that fails raises: the row's booking is not sent.
+    state ``"s"`` (sending) or ``"d"`` (done).
+
+    Writes are grouped. A durable write (a row's in-flight entry, the fence) returns only once the
+    store holds its key with that entry, and raises if the store refuses, so the row's booking is
+    not sent; one ``set`` carries every change made to the key meanwhile, so rows waiting on the
+    same key share it (the task's calls to the store are serialized: one request to the supervisor
+    at a time). A lazy write (an outcome, a dropped entry) changes only the copy in memory: it goes
+    with the key's next durable write, or with :meth:`flush` at the end of the batch. A lazy write
+    lost in a crash leaves the row's in-flight entry in the store, which only makes the next try
+    wait out the row's apply window and look it up: it never makes a row book twice.
     """
 
     def __init__(
@@ -97,14 +106,21 @@ class BatchJournal:
         self.try_number = try_number
         self.attempt = attempt
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the copies in memory and the versions
+        #: Each key's rows; a key's dict is replaced, never changed, so a snapshot can be stored unlocked.
         self._keys: dict[int, dict[str, list[Any]]] = {}
+        self._version: dict[int, int] = {}  # changes made to each key in memory
+        self._stored: dict[int, int] = {}  # the version the store holds
+        self._writers: dict[int, threading.Lock] = {}  # one set of a key at a time
+        #: How many times the store was written (for the benchmark and the tests).
+        self.sets = 0
 
     def load(self, indexes: Iterable[int]) -> None:
         """Read the keys these rows live in (also on try 1: a try resumed after a deferral has some)."""
         for key in sorted({i // ROWS_PER_KEY for i in indexes}):
             raw = self._store.get(f"{KEY_PREFIX}{key}")
-            self._keys[key] = dict(raw) if isinstance(raw, Mapping) else {}
+            with self._lock:
+                self._keys[key] = dict(raw) if isinstance(raw, Mapping) else {}
 
     def entry(self, index: int) -> Entry | None:
         with self._lock:
@@ -137,8 +153,11 @@ class BatchJournal:
     def is_stale(self, entry: Entry) -> bool:
         return self.attempt is not None and entry.attempt != self.attempt
 
-    def write(self, index: int, value: list[Any] | None) -> None:
-        """Set (or, with ``None``, drop) one row's entry and store its key; raises if the store does."""
+    def write(self, index: int, value: list[Any] | None, *, durable: bool = True) -> None:
+        """
+        Set (or, with ``None``, drop) one row's entry. Durable: returns once the store holds it, and
+        raises if the store refuses. Lazy: stored with the key's next durable write or :meth:`flush`.
+        """
         key = index // ROWS_PER_KEY
         with self._lock:
             rows = dict(self._keys.get(key, {}))
@@ -146,8 +165,33 @@ class BatchJournal:
                 rows.pop(str(index), None)
             else:
                 rows[str(index)] = value
-            self._store.set(f"{KEY_PREFIX}{key}", rows)
             self._keys[key] = rows
+            version = self._version[key] = self._version.get(key, 0) + 1
+            writer = self._writers.setdefault(key, threading.Lock())
+        if durable:
+            self._store_key(key, version, writer)
+
+    def _store_key(self, key: int, version: int, writer: threading.Lock) -> None:
+        with writer:
+            with self._lock:
+                if self._stored.get(key, 0) >= version:
+                    return  # a write for another row carried this one
+                rows, latest = self._keys[key], self._version[key]
+            self._store.set(f"{KEY_PREFIX}{key}", rows)
+            with self._lock:
+                self.sets += 1
+                self._stored[key] = max(self._stored.get(key, 0), latest)
+
+    def flush(self) -> None:
+        """Store every key that has changes the store does not hold yet; raises if the store does."""
+        with self._lock:
+            pending = [
+                (key, version, self._writers[key])
+                for key, version in self._version.items()
+                if self._stored.get(key, 0) < version
+            ]
+        for key, version, writer in pending:
+            self._store_key(key, version, writer)
 
     def now(self) -> float:
         return self._clock()
@@ -185,7 +229,13 @@ class RowJournal:
 
     def sending(self, window: float) -> None:
         self._sending = self._entry("s", sent_at=round(self._batch.now(), 3), window=window)
-        self._batch.write(self.index, self._sending)
+        try:
+            self._batch.write(self.index, self._sending)
+        except BaseException:
+            # Not stored, so not sent: drop it from memory too, or the next write of the key would
+            # store an in-flight entry for a booking that never left.
+            self._batch.write(self.index, None, durable=False)
+            raise
 
     def unclear(self) -> float:
         at = round(self._batch.now(), 3)
@@ -195,15 +245,16 @@ class RowJournal:
         return at
 
     def done(self, outcome: str) -> None:
-        self._batch.write(self.index, self._entry("d", outcome=outcome))
+        # Lazy: stored with the key's next in-flight entry or the batch's flush (see BatchJournal).
+        self._batch.write(self.index, self._entry("d", outcome=outcome), durable=False)
 
     def known(self, outcome: str) -> None:
         # Unlike a single booking's, a row's known outcome is kept: a retry after a crash skips it.
         self.done(outcome)
 
     def forget(self) -> None:
-        """Nothing was applied: drop the row's in-flight entry."""
-        self._batch.write(self.index, None)
+        """Nothing was applied: drop the row's in-flight entry (lazy, as an outcome is)."""
+        self._batch.write(self.index, None, durable=False)
 
     def settle(self, outcome: Outcome) -> None:
         """Record a row's final outcome (the engine records ``booked`` itself)."""
@@ -413,6 +464,7 @@ def run_batch(
         if not hasattr(local, "hook"):
             local.hook = PacedHook(hook_for(), pacer)
         throttled = 0
+        looked_absent = False  # this row's lookup found nothing and its booking was answered 429
         while True:
             if stop.is_set():
                 return stopped(row)
@@ -427,6 +479,7 @@ def run_batch(
                 clock=clock,
                 should_stop=stop.is_set,
                 before_send=pacer.before_booking,
+                looked_absent=looked_absent,
             )
             try:
                 result = engine.run()
@@ -434,6 +487,9 @@ def run_batch(
                 return stopped(row)
             except Care360RateLimitError as exc:
                 throttled += 1
+                # A 429 to the booking itself is a refusal: after the pause the row is sent again
+                # without another lookup (one lookup a row, however many 429s it meets).
+                looked_absent = looked_absent or engine.throttled
                 # A 429 naming no wait (or none at all) backs off, so a limit that never lifts does
                 # not spin; one that keeps answering 429 stops the batch.
                 wait_for = exc.retry_after if exc.retry_after else min(60.0, 2.0 ** min(throttled, 6))
@@ -490,31 +546,42 @@ def run_batch(
     for done in results.values():
         progress.add(done.outcome)
     last_line = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="care360-batch") as pool:
-        queue = list(reversed(todo))
-        running: set[Future[RowResult]] = set()
-        try:
-            while queue or running:
-                while queue and len(running) < concurrency and not stop.is_set():
-                    running.add(pool.submit(book, queue.pop()))
-                if stop.is_set() and queue:
-                    for row in reversed(queue):
-                        results[row.index] = stopped(row)
-                        progress.add(results[row.index].outcome)
-                    queue.clear()
-                if not running:
-                    continue
-                finished, running = wait(running, timeout=progress_every, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    result = future.result()
-                    results[result.index] = result
-                    progress.add(result.outcome)
-                if time.monotonic() - last_line >= progress_every:
-                    log.info("%s", progress.line(len(queue) + len(running)))
-                    last_line = time.monotonic()
-        except BaseException:
-            stop.set()  # a timeout or a termination: start nothing more; in-flight rows finish or die
-            raise
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="care360-batch") as pool:
+            queue = list(reversed(todo))
+            running: set[Future[RowResult]] = set()
+            try:
+                while queue or running:
+                    while queue and len(running) < concurrency and not stop.is_set():
+                        running.add(pool.submit(book, queue.pop()))
+                    if stop.is_set() and queue:
+                        for row in reversed(queue):
+                            results[row.index] = stopped(row)
+                            progress.add(results[row.index].outcome)
+                        queue.clear()
+                    if not running:
+                        continue
+                    finished, running = wait(running, timeout=progress_every, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        result = future.result()
+                        results[result.index] = result
+                        progress.add(result.outcome)
+                    if time.monotonic() - last_line >= progress_every:
+                        log.info("%s", progress.line(len(queue) + len(running)))
+                        last_line = time.monotonic()
+            except BaseException:
+                stop.set()  # a timeout or a termination: start nothing more; in-flight rows finish or die
+                raise
+    finally:
+        if journal is not None:
+            try:
+                journal.flush()  # the outcomes written lazily since each key's last in-flight entry
+            except Exception as exc:
+                log.warning(
+                    "Could not store the batch's last outcomes in the journal (%s): the next try looks "
+                    "those rows up once their apply window ends",
+                    type(exc).__name__,
+                )
     log.info("%s", progress.line(0))
     if fatal:  # a row throttled before the fatal error came is not sent for that error too
         for row in rows:

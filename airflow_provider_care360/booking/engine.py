@@ -43,6 +43,7 @@ from airflow_provider_care360.exceptions import (
     Care360BadRequestError,
     Care360Error,
     Care360NotSentError,
+    Care360RateLimitError,
     Care360ValidationError,
 )
 from airflow_provider_care360.outcomes import Outcome
@@ -164,8 +165,12 @@ class BookingEngine:
         ``on_kill``, or a batch that stopped) sends nothing more.
     :param before_send: waits for a place to send (a batch's shared pace) before the journal's
         in-flight entry is written, so the entry's time is the request's.
+    :param looked_absent: this try's lookup found no appointment, and the booking it sent since was
+        answered 429 (refused, so not applied): send again without looking again (a batch row that
+        waited out a 429 pause). Ignored when the journal shows a request in flight.
 
-    After :meth:`run` returns or raises, :attr:`sent` says whether a booking request left.
+    After :meth:`run` returns or raises, :attr:`sent` says whether a booking request left, and
+    :attr:`throttled` whether Care360 answered it 429.
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class BookingEngine:
         clock: Clock | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         before_send: Callable[[], None] = lambda: None,
+        looked_absent: bool = False,
     ) -> None:
         self.hook = hook
         self.payload = payload
@@ -190,7 +196,9 @@ class BookingEngine:
         self.clock = clock or Clock()
         self.should_stop = should_stop
         self.before_send = before_send
+        self.looked_absent = looked_absent
         self.sent = False
+        self.throttled = False
         who = mask_email(payload["email"])
         self.what = f"event type {payload['eventTypeId']} at {payload['startTime']} for {who}"
 
@@ -233,6 +241,8 @@ class BookingEngine:
                 "ended, so it may exist. Nothing was sent by this try: check the calendar for this invitee.",
                 summary="the start has passed and an earlier try's booking may exist",
             )
+        if self.looked_absent and in_flight is None:
+            return self._send_and_settle()  # looked a moment ago; the only send since was refused
         reading = self._look(in_flight)
         if reading.found is not None:
             return self._already(reading.found, "nothing was sent")
@@ -328,6 +338,7 @@ class BookingEngine:
         if isinstance(error, Care360BadRequestError) and error.http_status in (400, 409, 422):
             if (already := self._settle_refusal(error)) is not None:
                 return already
+        self.throttled = self.sent and isinstance(error, Care360RateLimitError)
         if self.journal:
             self.journal.forget()  # refused, throttled or not sent: nothing was applied
         raise error

@@ -226,3 +226,65 @@ def test_rows_left_when_airflow_stops_the_task_say_so_and_name_no_429() -> None:
     for result in run.results[1:]:
         assert result.http_status is None and result.retry_after is None
         assert "Airflow stopped the task" in result.message and "429" not in result.message
+
+
+def test_journal_writes_are_grouped_and_every_in_flight_entry_is_stored_before_its_booking() -> None:
+    class SlowStore(Store):  # the supervisor's round trip: one at a time, a few ms each
+        def set(self, key: str, value: Any) -> None:
+            time.sleep(0.01)
+            super().set(key, value)
+
+    hook, store = Hook(), SlowStore()
+    n = 28  # row(i) starts at 10:00 + 30 min * i: 28 rows end before midnight
+    journal = BatchJournal(store, try_number=1, attempt=1)
+    run = run_batch(
+        [row(i) for i in range(n)],
+        hook_for=lambda: hook,
+        options=OPTIONS,
+        journal=journal,
+        log=Log(),
+        concurrency=4,
+    )
+    assert [r.outcome for r in run.results] == [Outcome.BOOKED] * n
+    # Ungrouped, a row costs two writes (in flight, then done): 2n. Outcomes go with the next write.
+    assert journal.sets == len(store.writes) and journal.sets <= n + 1, journal.sets
+    for at, email in hook.sends:
+        index = str(int(email.removeprefix("row").split("@")[0]))
+        stored = [w for w in store.writes if w[0] < at and w[2] and w[2].get(index, [""])[0] == "s"]
+        assert stored, f"row {index} was sent before its in-flight entry was stored"
+    # The flush at the end stores every outcome: a retry skips every row.
+    assert {k: v[0] for k, v in store.data["care360_batch/0"].items()} == {str(i): "d" for i in range(n)}
+
+
+def test_an_in_flight_entry_the_store_refused_is_not_stored_later_with_another_rows() -> None:
+    hook, store = Hook(), Store(fail_on=2)
+    run = batch([row(i) for i in range(3)], hook, store, concurrency=1)
+    assert [r.outcome for r in run.results] == [Outcome.BOOKED, Outcome.NOT_SENT, Outcome.BOOKED]
+    assert "1" not in store.data["care360_batch/0"]  # row 1 was never sent: no entry in flight
+
+
+def test_a_row_whose_booking_meets_429s_is_looked_up_once() -> None:
+    limit = [Care360RateLimitError("429", retry_after=0.2, http_status=429, summary="429") for _ in range(2)]
+    hook = Hook(limit)
+    run = batch([row(0), row(1)], hook, Store(), concurrency=1)
+    assert [r.outcome for r in run.results] == [Outcome.BOOKED, Outcome.BOOKED]
+    assert len(hook.sends) == 4 and hook.lookups == 2  # row 0: three sends, one lookup
+
+
+def test_a_429_to_the_lookup_is_not_a_lookup_done() -> None:
+    class LookupLimited(Hook):
+        def appointments_at(self, *, email: str, start_time: str) -> AtInstant:
+            with self.lock:
+                first = self.lookups == 0
+            if first:
+                with self.lock:
+                    self.lookups += 1
+                raise Care360RateLimitError("429", retry_after=0.2, http_status=429, summary="429")
+            return super().appointments_at(email=email, start_time=start_time)
+
+    hook = LookupLimited()
+    hook.ledger.append(
+        {**row(0).payload, "id": "a0", "start": row(0).payload["startTime"], "status": "CONFIRMED"}
+    )
+    run = batch([row(0)], hook, Store())
+    assert run.results[0].outcome is Outcome.ALREADY_BOOKED and hook.sends == []

@@ -684,3 +684,24 @@ def test_a_stop_that_lands_during_the_journal_write_sends_nothing_and_leaves_no_
     with pytest.raises(Care360NotSentError, match="asked to stop"):
         booking.run()
     assert hook.sent == 0 and KEY not in store.data
+
+
+def test_looked_absent_skips_the_lookup_only_when_no_request_is_in_flight() -> None:
+    world, store = World(), Store()
+    hook = Hook(world)
+    body = engine(world, hook, store)
+    fresh = BookingEngine(
+        hook, PAYLOAD, body.options, body.journal, Log(), clock=world.clock(), looked_absent=True
+    )
+    assert fresh.run().outcome is Outcome.BOOKED and (hook.looked, hook.sent) == (0, 1)
+
+    # An earlier try's request in flight (killed mid-request, applied later): look and wait as always.
+    world, store = World(), Store()
+    hook = Hook(world, [Booking("kill", apply_after=30)])
+    with pytest.raises(Killed):
+        engine(world, hook, store).run()
+    retry = engine(world, hook, store, try_number=2)
+    again = BookingEngine(
+        hook, PAYLOAD, retry.options, retry.journal, Log(), clock=world.clock(), looked_absent=True
+    )
+    assert again.run().outcome is Outcome.ALREADY_BOOKED and hook.sent == 1 and hook.looked >= 1
