@@ -578,23 +578,28 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
             record["row"] = index
             records[index] = record
 
+        store = context.get("task_state_store")
         # Back from a deferral, this try's XComs are kept (Airflow clears them only when a try
-        # starts): rows already settled before the wait are not looked up again.
+        # starts): without a journal (Airflow < 3.3), rows its records show settled before the wait
+        # are not looked up again. A record counts only for the same row: index, event type, start,
+        # invitee and row key. With a journal, the journal decides, by each row's fingerprint.
         earlier: dict[int, dict[str, Any]] = {}
-        if resumed:
+        if resumed and store is None:
             pulled = ti.xcom_pull(task_ids=self.task_id, key=OUTCOMES_KEY, map_indexes=map_index)
+            same = ("event_type_id", "start_time", "email", "row_key")
             for item in pulled or []:
-                if isinstance(item, dict) and isinstance(item.get("row"), int):
-                    earlier[item["row"]] = item
+                index = item.get("row") if isinstance(item, dict) else None
+                if isinstance(index, int) and index in records:
+                    if all(item.get(name) == records[index].get(name) for name in same):
+                        earlier[index] = item
         final = {o.value for o in FINAL}
         todo = [r for r in batch_rows if earlier.get(r.index, {}).get("outcome") not in final]
         for index, item in earlier.items():
-            if item.get("outcome") in final and index in records:
+            if item.get("outcome") in final:
                 records[index] = {**item, "try_number": try_number}
 
         first = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
         settings = first.settings  # read the connection once, on this thread
-        store = context.get("task_state_store")
         journal = None
         if store is not None:
             journal = BatchJournal(
