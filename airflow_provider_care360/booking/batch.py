@@ -85,11 +85,11 @@ class BatchJournal:
     Writes are grouped. A durable write (a row's in-flight entry, the fence) returns only once the
     store holds its key with that entry, and raises if the store refuses, so the row's booking is
     not sent; one ``set`` carries every change made to the key meanwhile, so rows waiting on the
-    same key share it (the task's calls to the store are serialized: one request to the supervisor
-    at a time). A lazy write (an outcome, a dropped entry) changes only the copy in memory: it goes
-    with the key's next durable write, or with :meth:`flush` at the end of the batch. A lazy write
-    lost in a crash leaves the row's in-flight entry in the store, which only makes the next try
-    wait out the row's apply window and look it up: it never makes a row book twice.
+    same key share it (calls to the store go one at a time: see ``_io``). A lazy write (an
+    outcome, a dropped entry) changes only the copy in memory: it goes with the key's next durable
+    write, or with :meth:`flush` at the end of the batch. A lazy write lost in a crash leaves the
+    row's in-flight entry in the store, which only makes the next try wait out the row's apply
+    window and look it up: it never makes a row book twice.
     """
 
     def __init__(
@@ -111,7 +111,11 @@ class BatchJournal:
         self._keys: dict[int, dict[str, list[Any]]] = {}
         self._version: dict[int, int] = {}  # changes made to each key in memory
         self._stored: dict[int, int] = {}  # the version the store holds
-        self._writers: dict[int, threading.Lock] = {}  # one set of a key at a time
+        #: One call to the store at a time, whatever the key. A task's calls go one at a time to its
+        #: supervisor anyway (sdk/execution_time/comms.py: CommsDecoder.send holds _thread_lock), but
+        #: dag.test()'s in-process stand-in has no lock and unsets SUPERVISOR_COMMS while it handles
+        #: each call (supervisor.py: InProcessSupervisorComms.send), so concurrent calls fail there.
+        self._io = threading.Lock()
         #: How many times the store was written (for the benchmark and the tests).
         self.sets = 0
 
@@ -167,12 +171,11 @@ class BatchJournal:
                 rows[str(index)] = value
             self._keys[key] = rows
             version = self._version[key] = self._version.get(key, 0) + 1
-            writer = self._writers.setdefault(key, threading.Lock())
         if durable:
-            self._store_key(key, version, writer)
+            self._store_key(key, version)
 
-    def _store_key(self, key: int, version: int, writer: threading.Lock) -> None:
-        with writer:
+    def _store_key(self, key: int, version: int) -> None:
+        with self._io:
             with self._lock:
                 if self._stored.get(key, 0) >= version:
                     return  # a write for another row carried this one
@@ -185,13 +188,9 @@ class BatchJournal:
     def flush(self) -> None:
         """Store every key that has changes the store does not hold yet; raises if the store does."""
         with self._lock:
-            pending = [
-                (key, version, self._writers[key])
-                for key, version in self._version.items()
-                if self._stored.get(key, 0) < version
-            ]
-        for key, version, writer in pending:
-            self._store_key(key, version, writer)
+            pending = [(key, v) for key, v in self._version.items() if self._stored.get(key, 0) < v]
+        for key, version in pending:
+            self._store_key(key, version)
 
     def now(self) -> float:
         return self._clock()

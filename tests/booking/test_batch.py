@@ -229,31 +229,37 @@ def test_rows_left_when_airflow_stops_the_task_say_so_and_name_no_429() -> None:
 
 
 def test_journal_writes_are_grouped_and_every_in_flight_entry_is_stored_before_its_booking() -> None:
-    class SlowStore(Store):  # the supervisor's round trip: one at a time, a few ms each
+    class SlowStore(Store):
+        """The supervisor's round trip: a few ms each, and like dag.test()'s, never two at once."""
+
+        active = 0
+
         def set(self, key: str, value: Any) -> None:
-            time.sleep(0.01)
-            super().set(key, value)
+            SlowStore.active += 1
+            try:
+                assert SlowStore.active == 1, "two calls to the store at once"
+                time.sleep(0.01)
+                super().set(key, value)
+            finally:
+                SlowStore.active -= 1
 
     hook, store = Hook(), SlowStore()
     n = 28  # row(i) starts at 10:00 + 30 min * i: 28 rows end before midnight
+    first = ROWS_PER_KEY - n // 2  # the rows span two keys, written by workers at the same time
+    rows = [Row(first + i, row(i).payload) for i in range(n)]
     journal = BatchJournal(store, try_number=1, attempt=1)
-    run = run_batch(
-        [row(i) for i in range(n)],
-        hook_for=lambda: hook,
-        options=OPTIONS,
-        journal=journal,
-        log=Log(),
-        concurrency=4,
-    )
+    run = run_batch(rows, hook_for=lambda: hook, options=OPTIONS, journal=journal, log=Log(), concurrency=4)
     assert [r.outcome for r in run.results] == [Outcome.BOOKED] * n
     # Ungrouped, a row costs two writes (in flight, then done): 2n. Outcomes go with the next write.
-    assert journal.sets == len(store.writes) and journal.sets <= n + 1, journal.sets
+    assert journal.sets == len(store.writes) and journal.sets <= n + 2, journal.sets
+    index_of = {r.payload["email"]: str(r.index) for r in rows}
     for at, email in hook.sends:
-        index = str(int(email.removeprefix("row").split("@")[0]))
+        index = index_of[email]
         stored = [w for w in store.writes if w[0] < at and w[2] and w[2].get(index, [""])[0] == "s"]
         assert stored, f"row {index} was sent before its in-flight entry was stored"
     # The flush at the end stores every outcome: a retry skips every row.
-    assert {k: v[0] for k, v in store.data["care360_batch/0"].items()} == {str(i): "d" for i in range(n)}
+    entries = {**store.data["care360_batch/0"], **store.data["care360_batch/1"]}
+    assert {k: v[0] for k, v in entries.items()} == {str(r.index): "d" for r in rows}
 
 
 def test_an_in_flight_entry_the_store_refused_is_not_stored_later_with_another_rows() -> None:
