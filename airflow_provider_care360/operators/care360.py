@@ -588,10 +588,10 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
             pulled = ti.xcom_pull(task_ids=self.task_id, key=OUTCOMES_KEY, map_indexes=map_index)
             same = ("event_type_id", "start_time", "email", "row_key")
             for item in pulled or []:
-                index = item.get("row") if isinstance(item, dict) else None
-                if isinstance(index, int) and index in records:
-                    if all(item.get(name) == records[index].get(name) for name in same):
-                        earlier[index] = item
+                at = item.get("row") if isinstance(item, dict) else None
+                if isinstance(at, int) and at in records:
+                    if all(item.get(name) == records[at].get(name) for name in same):
+                        earlier[at] = item
         final = {o.value for o in FINAL}
         todo = [r for r in batch_rows if earlier.get(r.index, {}).get("outcome") not in final]
         for index, item in earlier.items():
