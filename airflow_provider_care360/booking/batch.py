@@ -582,6 +582,8 @@ def run_batch(
                     type(exc).__name__,
                 )
     log.info("%s", progress.line(0))
+    if journal is not None:
+        log.info("Care360 batch: %d journal writes for %d rows", journal.sets, len(todo))
     if fatal:  # a row throttled before the fatal error came is not sent for that error too
         for row in rows:
             if results[row.index].outcome is Outcome.THROTTLED:
