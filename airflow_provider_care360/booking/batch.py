@@ -483,6 +483,14 @@ def run_batch(
             try:
                 result = engine.run()
             except Stopped:
+                if engine.sent:  # stopped while settling an unclear answer: the booking may exist
+                    return RowResult(
+                        row.index,
+                        Outcome.AMBIGUOUS,
+                        "The batch stopped while this row's unclear answer was being settled: its booking "
+                        "was sent and may exist. The next try waits out its apply window and looks it up.",
+                        retry_after=options.apply_window + local.hook.request_window,
+                    )
                 return stopped(row)
             except Care360RateLimitError as exc:
                 throttled += 1

@@ -294,3 +294,30 @@ def test_a_429_to_the_lookup_is_not_a_lookup_done() -> None:
     )
     run = batch([row(0)], hook, Store())
     assert run.results[0].outcome is Outcome.ALREADY_BOOKED and hook.sends == []
+
+
+def test_a_row_stopped_while_its_unclear_answer_settles_is_ambiguous_not_unsent() -> None:
+    """Its booking left (a 503 may be applied); Airflow's stop lands during the settle delay."""
+    from airflow_provider_care360.exceptions import Care360AmbiguousError
+
+    stop = threading.Event()
+
+    class Unclear(Hook):
+        def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
+            with self.lock:
+                self.sends.append((time.monotonic(), payload["email"]))
+            stop.set()
+            raise Care360AmbiguousError("503", http_status=503, summary="Care360 answered 503")
+
+    options = BookingOptions(settle_delay=0.1, apply_window=0.5)
+    for store in (Store(), None):
+        stop.clear()
+        hook = Unclear()
+        journal = BatchJournal(store, try_number=1, attempt=1) if store is not None else None
+        run = run_batch(
+            [row(0)], hook_for=lambda hook=hook: hook, options=options, journal=journal, log=Log(), stop=stop
+        )
+        result = run.results[0]
+        assert len(hook.sends) == 1
+        assert result.outcome is Outcome.AMBIGUOUS and "may exist" in result.message, result
+        assert result.retry_after and result.retry_after >= options.apply_window
