@@ -383,6 +383,8 @@ def _masked(name: str, value: Any) -> Any:
 
 #: The XCom key of a batch task's records, one per row, pushed on every try.
 OUTCOMES_KEY = "care360_outcomes"
+#: Where a batch deferring without a journal keeps the keyed fingerprints of its settled rows.
+RESUME_KEY = "care360_batch_resume"
 _COMMON_FIELDS = (
     "event_type_id",
     "start_time",
@@ -508,6 +510,7 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
 
     def on_kill(self) -> None:
         # Airflow calls this on SIGTERM and gives the task a few seconds: start no booking more.
+        self.__dict__["_killed"] = True  # also when the run has not made its stop event yet
         stop = self.__dict__.get("_stop")
         if stop is not None:
             stop.set()
@@ -523,7 +526,7 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
         from airflow_provider_care360._responses import parse_instant
         from airflow_provider_care360.booking.batch import FINAL, BatchJournal, Row, RowResult, run_batch
         from airflow_provider_care360.booking.engine import BookingOptions
-        from airflow_provider_care360.booking.journal import attempt_of
+        from airflow_provider_care360.booking.journal import attempt_of, fingerprint
         from airflow_provider_care360.exceptions import (
             Care360AmbiguousRetryableError,
             Care360BadRequestError,
@@ -579,27 +582,26 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
             records[index] = record
 
         store = context.get("task_state_store")
-        # Back from a deferral, this try's XComs are kept (Airflow clears them only when a try
-        # starts): without a journal (Airflow < 3.3), rows its records show settled before the wait
-        # are not looked up again. A record counts only for the same row: index, event type, start,
-        # invitee and row key. With a journal, the journal decides, by each row's fingerprint.
-        earlier: dict[int, dict[str, Any]] = {}
-        if resumed and store is None:
-            pulled = ti.xcom_pull(task_ids=self.task_id, key=OUTCOMES_KEY, map_indexes=map_index)
-            same = ("event_type_id", "start_time", "email", "row_key")
-            for item in pulled or []:
-                at = item.get("row") if isinstance(item, dict) else None
-                if isinstance(at, int) and at in records:
-                    if all(item.get(name) == records[at].get(name) for name in same):
-                        earlier[at] = item
-        final = {o.value for o in FINAL}
-        todo = [r for r in batch_rows if earlier.get(r.index, {}).get("outcome") not in final]
-        for index, item in earlier.items():
-            if item.get("outcome") in final:
-                records[index] = {**item, "try_number": try_number}
-
         first = Care360Hook(care360_conn_id=self.care360_conn_id, timeout=self.request_timeout)
         settings = first.settings  # read the connection once, on this thread
+        # Back from a deferral, this try's XComs are kept (Airflow clears them only when a try
+        # starts): without a journal (Airflow < 3.3), the rows settled before the wait, by their
+        # keyed fingerprints (RESUME_KEY), are not looked up again. With a journal, the journal decides.
+        final = {o.value for o in FINAL}
+        earlier: set[int] = set()
+        if resumed and store is None:
+            pulled = ti.xcom_pull(task_ids=self.task_id, key=RESUME_KEY, map_indexes=map_index)
+            settled_fps = pulled if isinstance(pulled, dict) else {}
+            outcomes = ti.xcom_pull(task_ids=self.task_id, key=OUTCOMES_KEY, map_indexes=map_index)
+            by_row = {i.get("row"): i for i in outcomes or [] if isinstance(i, dict)}
+            for r in batch_rows:
+                item = by_row.get(r.index)
+                same = settled_fps.get(str(r.index)) == fingerprint(r.payload, settings.api_key)
+                if same and item is not None and item.get("outcome") in final:
+                    earlier.add(r.index)
+                    records[r.index] = {**item, "try_number": try_number}
+        todo = [r for r in batch_rows if r.index not in earlier]
+
         journal = None
         if store is not None:
             journal = BatchJournal(
@@ -632,6 +634,8 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
         # resumes after the deferral may be this same operator object (dag.test() on Airflow 2 runs
         # both in one process), which must not start out stopped.
         stop = self.__dict__["_stop"] = threading.Event()
+        if self.__dict__.get("_killed"):
+            stop.set()
         try:
             run = run_batch(
                 todo,
@@ -687,6 +691,13 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
                     len(throttled),
                     resume_at,
                 )
+                if store is None:  # no journal: the resumed run skips the rows settled, by fingerprint
+                    settled_fps = {
+                        str(r.index): fingerprint(r.payload, settings.api_key)
+                        for r in batch_rows
+                        if records[r.index].get("outcome") in final
+                    }
+                    ti.xcom_push(key=RESUME_KEY, value=settled_fps)
                 self.defer(trigger=DateTimeTrigger(moment=resume_at), method_name="execute_complete")
             raise Care360RateLimitError(
                 f"Care360 rate limit (429): {len(throttled)} of {len(rows_list)} rows were not sent; Care360 "
