@@ -860,7 +860,7 @@ def test_a_frozen_worker_s_woken_batch_try_books_nothing_after_its_successor_sta
 ) -> None:
     import psutil
 
-    rows = _rows("s3-batch-", 60, days=90, key="email")
+    rows = _rows("s3-batch-", 120, days=90, key="email")  # enough that the probe sees the lookups
     deployment.ensure_workers()
     # The try's four threads spend their time in lookups (2 s each); a booking is answered at once.
     deployment.sim.lookup_latency = 2.0
