@@ -860,7 +860,7 @@ def test_a_frozen_worker_s_woken_batch_try_books_nothing_after_its_successor_sta
 ) -> None:
     import psutil
 
-    rows = _rows("s3-batch-", 120, days=90, key="email")  # enough that the probe sees the lookups
+    rows = _rows("s3-batch-", 120, days=90, key="email")  # the freeze lands well before its end
     deployment.ensure_workers()
     # The try's four threads spend their time in lookups (2 s each); a booking is answered at once.
     deployment.sim.lookup_latency = 2.0
@@ -873,16 +873,16 @@ def test_a_frozen_worker_s_woken_batch_try_books_nothing_after_its_successor_sta
 
         def all_looking() -> list[dict[str, Any]] | None:
             """
-            The try's last four requests, once it has booked a few rows and they are four lookups that
-            arrived in the last second: each of its four threads then waits for a lookup's answer, and
-            none is between its journal write and its send (a window no fence closes, see the README).
+            Once the try has booked a few rows: its four lookups still unanswered, if it has four (the
+            simulator marks a request answered when it sends the answer). Each of its four threads then
+            waits for a lookup's answer, and none is between its journal write and its send (a window no
+            fence closes, see the README).
             """
             if sum(deployment.booked("s3-").values()) < 6:
                 return None
             mine = [r for r in deployment.requests("s3-") if r.get("worker")]
-            latest = [r for r in mine if r["pid"] == mine[-1]["pid"]][-4:] if mine else []
-            fresh = all(r["method"] == "GET" and time.time() - r["at"] < 1.0 for r in latest)
-            return latest if len(latest) == 4 and fresh else None
+            pending = [r for r in mine if r["pid"] == mine[-1]["pid"] and r["answered"] is None]
+            return pending if len(pending) == 4 and all(r["method"] == "GET" for r in pending) else None
 
         looking = deployment.wait("the batch try's threads to be looking", all_looking, 180, 0.05)
         old_pid, frozen = looking[0]["pid"], looking[0]["worker"]

@@ -579,6 +579,11 @@ def test_booking_and_lookup_latency_override_latency() -> None:
         assert until(lambda: len(sim.lookup_requests) == 1)
         assert book(sim).status_code == 200  # the booking does not wait
         assert slow.is_alive()
+        # The record tells which request is still waiting for its answer.
+        assert sim.lookup_requests[0]["answered"] is None
+        assert sim.booking_requests[0]["answered"] >= sim.booking_requests[0]["at"]
+        slow.join(timeout=10)
+        assert sim.lookup_requests[0]["answered"] - sim.lookup_requests[0]["at"] >= 1.5
     with Care360Simulator(api_key="k-123", booking_latency=1.5) as sim:
         slow, out = in_background(lambda: book(sim))
         # The booking took effect when it arrived; only its answer is late.

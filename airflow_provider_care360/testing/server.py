@@ -371,7 +371,10 @@ class Care360Simulator:
         """
         A copy of every API request received (method, path, query, headers, body, status, at).
 
-        A request answered by a fault also has ``fault``; one with ``apply_after`` has ``applied``:
+        ``at`` is when it arrived and ``answered`` when its answer was sent (or its connection reset):
+        ``None`` while the request waits out its latency, so a test can tell which requests a client
+        is still waiting on. A request answered by a fault also has ``fault``; one with
+        ``apply_after`` has ``applied``:
         ``None`` while its late application is pending, then ``True`` (booked) or ``False`` (its
         body broke a booking rule, or its one-on-one slot was booked in the meantime).
         """
@@ -598,6 +601,10 @@ class Care360Simulator:
         with self._lock:
             self._requests.append(entry)
 
+    def _answered(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            entry["answered"] = time.time()
+
     def booked_count(self, email: str | None = None) -> int:
         """How many bookings were applied through the API (for one invitee email, if given)."""
         with self._lock:
@@ -791,6 +798,7 @@ class _Handler(BaseHTTPRequestHandler):
             "key": self._key_state(),
             "client": list(self.client_address[:2]),
             "at": time.time(),
+            "answered": None,
             "body": body,
         }
 
@@ -859,13 +867,19 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = "reset" if fault.reset else fault.status
             entry["fault"] = asdict(fault) | {"body": None}
             sim._record(entry)
-            self._answer_fault(fault, body if parsed and target == "booking" else None, arrived, entry)
+            try:
+                self._answer_fault(fault, body if parsed and target == "booking" else None, arrived, entry)
+            finally:
+                sim._answered(entry)
             return
         status, answer, headers = self._answer(target, query, body, parsed)
         entry["status"] = status
         sim._record(entry)
-        self._wait(sim._latency_for(target))
-        self._send(status, answer, headers)
+        try:
+            self._wait(sim._latency_for(target))
+            self._send(status, answer, headers)
+        finally:
+            sim._answered(entry)
 
     @staticmethod
     def _wait(seconds: float) -> None:
