@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# How a venv gets its packages: pip (25.1 or newer, for the dependency groups of PEP 735) by default;
+# uv when UV names its binary (`make test UV=uv`). `$(call install,DIR) ARGS` installs ARGS into the
+# venv at DIR; `$(call pip_ready,DIR)` brings its pip to 25.1 (nothing to do with uv). CI uses uv:
+# pip spends about 30 s of CPU resolving and byte-compiling Airflow for each of CI's nine venvs.
+UV     ?=
+install   = $(if $(UV),$(UV) pip install -q --python $(1)/bin/python,$(1)/bin/python -m pip --disable-pip-version-check -q install)
+pip_ready = $(if $(UV),:,$(call install,$(1)) --upgrade "pip>=25.1")
 
 .PHONY: demo airflow test test-unit test-celery test-matrix matrix-venvs test-python python-venvs test-floors floors-venv \
         bench fuzz lint dist clean
@@ -12,23 +18,23 @@ $(BIN)/python:
 
 # pip >= 25.1 installs the dependency groups (PEP 735) that hold the test, dev and bench tools.
 $(VENV)/.pip: | $(BIN)/python
-	$(PIP) install --upgrade "pip>=25.1"
+	$(call pip_ready,$(VENV))
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/.pip
-	$(PIP) install -e .
+	$(call install,$(VENV)) -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/.pip
-	$(PIP) install -e . --group test
+	$(call install,$(VENV)) -e . --group test
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.pip
-	$(PIP) install -e . --group bench
+	$(call install,$(VENV)) -e . --group bench
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/.pip
-	$(PIP) install -e . --group dev
+	$(call install,$(VENV)) -e . --group dev
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -48,7 +54,7 @@ test: $(VENV)/.installed-test
 # drivers in the venv (.ci/celery-deps.txt). `make test` skips it, saying why, when they are missing;
 # here a missing one fails it. About 5 minutes on a quiet 2-core machine.
 $(VENV)/.installed-celery: .ci/celery-deps.txt $(VENV)/.installed-test
-	$(PIP) install -r .ci/celery-deps.txt
+	$(call install,$(VENV)) -r .ci/celery-deps.txt
 	touch $@
 
 test-celery: $(VENV)/.installed-celery
@@ -63,8 +69,8 @@ FUZZ_VENV ?= .venv-fuzz
 FUZZ_EXAMPLES ?= 50
 $(FUZZ_VENV)/.installed:
 	$(PYTHON) -m venv $(FUZZ_VENV)
-	$(FUZZ_VENV)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1"
-	$(FUZZ_VENV)/bin/python -m pip --disable-pip-version-check -q install --group fuzz
+	$(call pip_ready,$(FUZZ_VENV))
+	$(call install,$(FUZZ_VENV)) --group fuzz
 	touch $@
 
 fuzz: $(VENV)/.installed $(FUZZ_VENV)/.installed
@@ -88,8 +94,8 @@ matrix-venvs:
 	@failed=""; $(foreach v,$(MATRIX), \
 	  echo '== installing Airflow $(v) $(PINS_$(v))'; \
 	  if { [ -x .venv-airflow-$(v)/bin/python ] || $(PYTHON) -m venv .venv-airflow-$(v); } \
-	     && .venv-airflow-$(v)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
-	     && .venv-airflow-$(v)/bin/python -m pip --disable-pip-version-check -q install \
+	     && $(call pip_ready,.venv-airflow-$(v)) \
+	     && $(call install,.venv-airflow-$(v)) \
 	          "apache-airflow==$(v)" $(PINS_$(v)) -e . --group test; \
 	  then :; else failed="$$failed $(v)"; fi;) \
 	if [ -n "$$failed" ]; then echo "installing failed for:$$failed"; exit 1; fi
@@ -130,8 +136,8 @@ DAG_TESTS := tests/operators/test_care360.py tests/test_fault_matrix.py tests/te
 .venv-airflow-$(LATEST)-py%/.installed: pyproject.toml
 	@$(call find_python,$*); echo "== installing Airflow $(strip $(LATEST) $(PINS_$(LATEST))) on $$py"; \
 	{ [ -x $(@D)/bin/python ] || "$$py" -m venv $(@D); } \
-	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
-	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install \
+	&& $(call pip_ready,$(@D)) \
+	&& $(call install,$(@D)) \
 	     "apache-airflow==$(LATEST)" $(PINS_$(LATEST)) -e . --group test
 	touch $@
 
@@ -168,8 +174,8 @@ $(FLOORS_VENV)/.installed: pyproject.toml
 	@$(call find_python,$(FLOORS_PY)); pins="$$("$$py" -c "$$FLOOR_PINS_PY")" || exit 1; \
 	echo "== installing the floors on Python $(FLOORS_PY): $$pins"; \
 	{ [ -x $(@D)/bin/python ] || "$$py" -m venv $(@D); } \
-	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install --upgrade "pip>=25.1" \
-	&& $(@D)/bin/python -m pip --disable-pip-version-check -q install $$pins -e . --group test
+	&& $(call pip_ready,$(@D)) \
+	&& $(call install,$(@D)) $$pins -e . --group test
 	touch $@
 
 floors-venv: $(FLOORS_VENV)/.installed
