@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# How a venv gets its packages: pip (25.1 or newer, for the dependency groups of PEP 735) by default;
-# uv when UV names its binary (`make test UV=uv`). `$(call install,DIR) ARGS` installs ARGS into the
-# venv at DIR; `$(call pip_ready,DIR)` brings its pip to 25.1 (nothing to do with uv). CI uses uv:
-# pip spends about 30 s of CPU resolving and byte-compiling Airflow for each of CI's nine venvs.
+# How a venv gets its packages: pip by default; uv when UV names its binary (`make test UV=uv`).
+# `$(call install,DIR) ARGS` installs ARGS into the venv at DIR, byte-compiled either way (Python
+# compiles nothing itself where PYTHONDONTWRITEBYTECODE is set); `$(call pip_ready,DIR)` brings its pip
+# to 25.1, for the dependency groups of PEP 735 (so the venv also works with pip later). CI uses uv:
+# pip spends about 30 s of CPU installing Airflow into each of CI's venvs, uv a few seconds.
 UV     ?=
-install   = $(if $(UV),$(UV) pip install -q --python $(1)/bin/python,$(1)/bin/python -m pip --disable-pip-version-check -q install)
-pip_ready = $(if $(UV),:,$(call install,$(1)) --upgrade "pip>=25.1")
+install   = $(if $(UV),$(UV) pip install -q --compile-bytecode --python $(1)/bin/python,$(1)/bin/python -m pip --disable-pip-version-check -q install)
+pip_ready = $(call install,$(1)) --upgrade "pip>=25.1"
 
 .PHONY: demo airflow test test-unit test-celery test-matrix matrix-venvs test-python python-venvs test-floors floors-venv \
         bench fuzz lint dist clean
@@ -200,4 +201,4 @@ dist: $(VENV)/.installed-dev
 	$(BIN)/python scripts/check_dist.py dist
 
 clean:
-	rm -rf $(VENV) $(FUZZ_VENV) $(FLOORS_VENV) .venv-airflow-$(LATEST)-py* build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FUZZ_VENV) $(FLOORS_VENV) .venv-tools .venv-airflow-$(LATEST)-py* build dist *.egg-info .pytest_cache .hypothesis

@@ -863,7 +863,8 @@ def test_a_frozen_worker_s_woken_batch_try_books_nothing_after_its_successor_sta
     rows = _rows("s3-batch-", 120, days=90, key="email")  # the freeze lands well before its end
     deployment.ensure_workers()
     # The try's four threads spend their time in lookups (2 s each); a booking is answered at once.
-    deployment.sim.lookup_latency = 2.0
+    latency = 2.0
+    deployment.sim.lookup_latency = latency
     deployment.attribution.on = True
     frozen: str | None = None
     try:
@@ -873,21 +874,39 @@ def test_a_frozen_worker_s_woken_batch_try_books_nothing_after_its_successor_sta
 
         def all_looking() -> list[dict[str, Any]] | None:
             """
-            Once the try has booked a few rows: its four lookups still unanswered, if it has four (the
-            simulator marks a request answered when it sends the answer). Each of its four threads then
-            waits for a lookup's answer, and none is between its journal write and its send (a window no
-            fence closes, see the README).
+            Once the try has booked a few rows: its four lookups with no answer sent yet (the simulator
+            stamps ``answered`` before it sends one), each arrived long enough ago that its answer is
+            not due for another half second. Each of its four threads then waits for a lookup's answer,
+            and none is between its journal write and its send (a window no fence closes, see
+            docs/production.md).
             """
             if sum(deployment.booked("s3-").values()) < 6:
                 return None
             mine = [r for r in deployment.requests("s3-") if r.get("worker")]
             pending = [r for r in mine if r["pid"] == mine[-1]["pid"] and r["answered"] is None]
-            return pending if len(pending) == 4 and all(r["method"] == "GET" for r in pending) else None
+            fresh = all(r["method"] == "GET" and time.time() - r["at"] < latency - 0.5 for r in pending)
+            return pending if len(pending) == 4 and fresh else None
 
-        looking = deployment.wait("the batch try's threads to be looking", all_looking, 180, 0.05)
-        old_pid, frozen = looking[0]["pid"], looking[0]["worker"]
-        deployment.sessions.signal(frozen, signal.SIGSTOP)
-        stopped_at = time.time()
+        def answered_before(when: float, looking: list[dict[str, Any]]) -> bool:
+            """Whether any of those lookups had its answer sent before ``when``."""
+            wanted = {(r["email"], r["at"]) for r in looking}
+            return any(
+                (r["email"], r["at"]) in wanted and r["answered"] is not None and r["answered"] < when
+                for r in deployment.requests("s3-")
+            )
+
+        for _ in range(20):
+            looking = deployment.wait("the batch try's threads to be looking", all_looking, 180, 0.05)
+            old_pid, frozen = looking[0]["pid"], looking[0]["worker"]
+            deployment.sessions.signal(frozen, signal.SIGSTOP)
+            stopped_at = time.time()
+            # The stop landed before any of the four answers was sent, or the freeze is tried again.
+            if not answered_before(stopped_at, looking):
+                break
+            deployment.sessions.signal(frozen, signal.SIGCONT)
+            frozen = None
+        else:
+            raise AssertionError("the worker could not be frozen before its lookups were answered")
         frozen_worker, other = frozen, next(w for w in WORKERS if w != frozen)
         old_ti = deployment.task(BATCH, run_id)  # still the frozen try's: no heartbeat timeout yet
         old_try, old_ti_id = old_ti["try_number"], old_ti["id"]

@@ -371,10 +371,10 @@ class Care360Simulator:
         """
         A copy of every API request received (method, path, query, headers, body, status, at).
 
-        ``at`` is when it arrived and ``answered`` when its answer was sent (or its connection reset):
-        ``None`` while the request waits out its latency, so a test can tell which requests a client
-        is still waiting on. A request answered by a fault also has ``fault``; one with
-        ``apply_after`` has ``applied``:
+        ``at`` is when it arrived and ``answered`` when its answer (or its connection's reset) was
+        about to be sent, stamped before the send: ``None`` while the request waits out its latency,
+        so a request still ``None`` is one whose client has had no answer yet. A request answered
+        by a fault also has ``fault``; one with ``apply_after`` has ``applied``:
         ``None`` while its late application is pending, then ``True`` (booked) or ``False`` (its
         body broke a booking rule, or its one-on-one slot was booked in the meantime).
         """
@@ -867,19 +867,14 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = "reset" if fault.reset else fault.status
             entry["fault"] = asdict(fault) | {"body": None}
             sim._record(entry)
-            try:
-                self._answer_fault(fault, body if parsed and target == "booking" else None, arrived, entry)
-            finally:
-                sim._answered(entry)
+            self._answer_fault(fault, body if parsed and target == "booking" else None, arrived, entry)
             return
         status, answer, headers = self._answer(target, query, body, parsed)
         entry["status"] = status
         sim._record(entry)
-        try:
-            self._wait(sim._latency_for(target))
-            self._send(status, answer, headers)
-        finally:
-            sim._answered(entry)
+        self._wait(sim._latency_for(target))
+        sim._answered(entry)
+        self._send(status, answer, headers)
 
     @staticmethod
     def _wait(seconds: float) -> None:
@@ -922,6 +917,7 @@ class _Handler(BaseHTTPRequestHandler):
             sim._apply_later(body, arrived, fault.apply_after, entry)
         self._wait(sim._latency_for(fault.target))
         self._wait(fault.delay)
+        sim._answered(entry)
         if fault.reset:
             self._reset()
             return
