@@ -264,12 +264,26 @@ class Stopped(Exception):
     """The batch stopped (a long wait, a fatal error, Airflow stopping the task) while a row waited."""
 
 
+#: Added to ``max_rate``'s window: a booking is counted from the moment it is handed to the HTTP
+#: client, and Care360 counts it on arrival, a few milliseconds later and not always in the same order
+#: (the threads take turns), so a window paced to the exact limit would meet a 429 now and then, and a
+#: 429 names its wait in whole seconds.
+PACE_MARGIN = 0.05
+#: How far ahead of its time a place is given: the row writes its in-flight entry meanwhile, then
+#: waits out the rest (``at_send``), so the write does not push each window's sends later.
+PACE_LEAD = 0.1
+
+
 class Pacer:
     """
     The rate-limit state every worker shares.
 
-    :param max_rate: ``(n, seconds)``: at most ``n`` bookings started in any ``seconds`` window, so a
-        known limit is never hit; ``None`` for no pacing.
+    :param max_rate: ``(n, seconds)``: at most ``n`` bookings sent in any ``seconds`` window (plus
+        :data:`PACE_MARGIN`), so a known limit is never hit; ``None`` for no pacing. A booking is
+        counted from its send (:meth:`sent`), not from the moment it was given its place: between
+        the two its in-flight entry is written, and that write's time varies. A place given and not
+        yet sent counts as sent now, until it is sent or :meth:`released`. A place is given up to
+        :data:`PACE_LEAD` ahead of its time, which :meth:`before_booking` returns.
     :param stop: set when the batch stops: every wait ends at once with :class:`Stopped`.
     """
 
@@ -284,7 +298,8 @@ class Pacer:
         self.stop = stop or threading.Event()
         self._now = now
         self._lock = threading.Lock()
-        self._starts: list[float] = []
+        self._starts: list[float] = []  # the send times of the bookings in the current window
+        self._held = 0  # places given whose booking is not sent yet
         self.paused_until = 0.0
 
     def pause(self, seconds: float) -> None:
@@ -299,23 +314,51 @@ class Pacer:
         if self.stop.wait(min(max(seconds, 0.0), 1.0)):
             raise Stopped
 
-    def before_booking(self) -> None:
-        """Wait for any pause, then for a place within ``max_rate``; :class:`Stopped` if the batch stops."""
+    def before_booking(self) -> float:
+        """
+        Wait for any pause, then for a place within ``max_rate``, and hold it until :meth:`sent` or
+        :meth:`released`; :class:`Stopped` if the batch stops. Returns the place's time (on this
+        pacer's clock), at most :data:`PACE_LEAD` from now: the booking is not to be sent before it.
+        """
         while True:
             if self.stop.is_set():
                 raise Stopped
             with self._lock:
                 now = self._now()
+                at = now
                 wait_for = self.paused_until - now
                 if wait_for <= 0 and self.max_rate is not None:
                     n, seconds = self.max_rate
-                    self._starts = [t for t in self._starts if t > now - seconds]
-                    if len(self._starts) >= n:
-                        wait_for = self._starts[0] + seconds - now
+                    span = seconds + PACE_MARGIN
+                    self._starts = [t for t in self._starts if t > now - span]
+                    # Held places count as in the window until sent: their send time is not known.
+                    over = len(self._starts) + self._held + 1 - n
+                    if over > 0:
+                        # Its place comes when the oldest sends leave the window (held ones leave later).
+                        at = self._starts[over - 1] + span if over <= len(self._starts) else now + 0.01
+                        wait_for = at - now - (PACE_LEAD if over <= len(self._starts) else 0.0)
                 if wait_for <= 0:
-                    self._starts.append(now)
-                    return
+                    self._held += 1
+                    return max(now, at)
             self._wait(wait_for)
+
+    def sent(self) -> None:
+        """The booking of a place held since :meth:`before_booking` is being sent: count it from now."""
+        with self._lock:
+            self._held = max(0, self._held - 1)
+            self._starts.append(self._now())
+
+    def released(self) -> None:
+        """A place held since :meth:`before_booking` was not used (the row stopped before its send)."""
+        with self._lock:
+            self._held = max(0, self._held - 1)
+
+    def until(self, at: float) -> None:
+        """Wait until ``at`` (this pacer's clock); :class:`Stopped` if the batch stops meanwhile."""
+        while (left := at - self._now()) > 0:
+            self._wait(left)
+        if self.stop.is_set():
+            raise Stopped
 
     def before_request(self) -> None:
         """Wait for any pause (lookups are not paced, but a 429 pauses them too)."""
@@ -326,22 +369,57 @@ class Pacer:
 
 
 class PacedHook:
-    """A hook whose requests wait for the shared :class:`Pacer`."""
+    """
+    A hook whose requests wait for the shared :class:`Pacer`; one per worker thread, so it knows
+    whether its thread holds a place for a booking, and that place's time.
+    """
 
     def __init__(self, hook: BookingHook, pacer: Pacer) -> None:
         self._hook = hook
         self._pacer = pacer
+        self._holding = False
+        self._at = 0.0  # the held place's time
+        self._ahead = 0.0  # how far ahead of its time the place was given
 
     @property
     def request_window(self) -> float:
-        return self._hook.request_window
+        """The hook's, plus how far ahead the held place was given: the send may come that much later."""
+        return self._hook.request_window + (self._ahead if self._holding else 0.0)
+
+    def before_booking(self) -> None:
+        """The engine's ``before_send``: wait for a place to send (ahead of the in-flight entry)."""
+        self.release()
+        now = time.monotonic()
+        self._at = self._pacer.before_booking()
+        self._ahead = max(0.0, self._at - now)
+        self._holding = True
+
+    def at_send(self) -> None:
+        """
+        The engine's ``at_send``: wait out what is left of the held place's time. A stop ends the
+        wait; the engine then sees it, drops the row's in-flight entry and sends nothing.
+        """
+        if self._holding:
+            try:
+                self._pacer.until(self._at)
+            except Stopped:
+                pass
+
+    def release(self) -> None:
+        """Give back a place this thread holds and did not send (a stop, a refused journal write)."""
+        if self._holding:
+            self._holding = False
+            self._pacer.released()
 
     def appointments_at(self, *, email: str, start_time: str) -> Any:
         self._pacer.before_request()
         return self._hook.appointments_at(email=email, start_time=start_time)
 
     def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
-        # Paced by the engine's before_send, ahead of the journal's in-flight entry.
+        # Paced by before_booking, ahead of the journal's in-flight entry; counted from here.
+        if self._holding:
+            self._holding = False
+            self._pacer.sent()
         return self._hook.send_booking(payload)
 
     def cancel_appointment(
@@ -477,11 +555,15 @@ def run_batch(
                 past_start=row.past_start,
                 clock=clock,
                 should_stop=stop.is_set,
-                before_send=pacer.before_booking,
+                before_send=local.hook.before_booking,
+                at_send=local.hook.at_send,
                 looked_absent=looked_absent,
             )
             try:
-                result = engine.run()
+                try:
+                    result = engine.run()
+                finally:
+                    local.hook.release()  # a place held for a booking that was not sent
             except Stopped:
                 if engine.sent:  # stopped while settling an unclear answer: the booking may exist
                     return RowResult(

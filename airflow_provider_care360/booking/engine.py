@@ -165,6 +165,9 @@ class BookingEngine:
         ``on_kill``, or a batch that stopped) sends nothing more.
     :param before_send: waits for a place to send (a batch's shared pace) before the journal's
         in-flight entry is written, so the entry's time is the request's.
+    :param at_send: called between the in-flight entry's write and the send: waits out what is left
+        of a place given a moment ahead of its time (the write overlaps the wait; the hook's
+        ``request_window`` counts that moment in the entry's window).
     :param looked_absent: this try's lookup found no appointment, and the booking it sent since was
         answered 429 (refused, so not applied): send again without looking again (a batch row that
         waited out a 429 pause). Ignored when the journal shows a request in flight.
@@ -185,6 +188,7 @@ class BookingEngine:
         clock: Clock | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         before_send: Callable[[], None] = lambda: None,
+        at_send: Callable[[], None] = lambda: None,
         looked_absent: bool = False,
     ) -> None:
         self.hook = hook
@@ -196,6 +200,7 @@ class BookingEngine:
         self.clock = clock or Clock()
         self.should_stop = should_stop
         self.before_send = before_send
+        self.at_send = at_send
         self.looked_absent = looked_absent
         self.sent = False
         self.throttled = False
@@ -382,9 +387,11 @@ class BookingEngine:
         self._stop_if_asked()
         if self.journal:
             self.journal.sending(window=self.hook.request_window)  # the fence: no write, no send
-            if self.should_stop():  # Airflow stopped the task while the write was on its way
+        self.at_send()
+        if self.should_stop():  # Airflow stopped the task while the write was on its way
+            if self.journal:
                 self.journal.forget()
-                self._stop_if_asked()
+            self._stop_if_asked()
         self.log.info("Booking Care360 %s", self.what)
         self.sent = True
         return self.hook.send_booking(self.payload)

@@ -428,8 +428,9 @@ class BatchScheduleAppointmentOperator(_PersonalFieldsOutOfRendering, BaseOperat
         ``timezone``, ``location``, ``first_name``, ``last_name``, ``tracking``), each optional where
         the rows carry it; a row may not set a field also given here. (templated)
     :param concurrency: requests in flight at once (default 4).
-    :param max_rate: ``(n, seconds)``, e.g. ``(500, 60)``: start at most ``n`` bookings in any
-        ``seconds``, below a known limit, so no 429 is spent. Default: no pacing.
+    :param max_rate: ``(n, seconds)``, e.g. ``(500, 60)``: send at most ``n`` bookings in any
+        ``seconds`` (each counted from its send, the window 50 ms longer for the trip), so a known
+        limit is never hit and no 429 is spent: set it to the limit. Default: no pacing.
     :param max_sleep: the longest wait slept in the task (default 60 s); a longer one defers or ends
         the try.
     :param deferrable: defer through long waits (default ``[operators] default_deferrable``).

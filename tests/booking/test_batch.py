@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_care360._responses import AtInstant, read_at_instant
-from airflow_provider_care360.booking.batch import ROWS_PER_KEY, BatchJournal, Row, run_batch
+from airflow_provider_care360.booking.batch import PACE_MARGIN, ROWS_PER_KEY, BatchJournal, Row, run_batch
 from airflow_provider_care360.booking.engine import BookingOptions
 from airflow_provider_care360.booking.journal import fingerprint
 from airflow_provider_care360.exceptions import Care360AuthError, Care360RateLimitError
@@ -126,6 +126,66 @@ def test_the_in_flight_entry_is_written_after_the_pace_wait_right_before_the_sen
     gaps = sorted(hook.sends[i][0] - sending[i][0] for i in range(3))
     assert max(gaps) < 0.3  # each entry right before its send, not before the pace wait
     assert hook.sends[2][0] - hook.sends[0][0] >= 1.3  # paced: one a 0.7 s
+
+
+class UnevenStore(Store):
+    """A store whose writes take uneven times (every third takes 80 ms), recording when each ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[tuple[float, Any]] = []
+
+    def set(self, key: str, value: Any) -> None:
+        if len(self.writes) % 3 == 0:
+            time.sleep(0.08)
+        super().set(key, value)
+        self.ended.append((time.time(), json.loads(json.dumps(value))))
+
+
+class WallClockHook(Hook):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_wall: dict[str, float] = {}
+
+    def send_booking(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.sent_wall[payload["email"]] = time.time()
+        return super().send_booking(payload)
+
+
+def test_max_rate_counts_each_booking_from_its_send_so_uneven_journal_writes_never_crowd_a_window() -> None:
+    """
+    A place is given before the in-flight entry is written, and the writes take uneven times; the
+    limit is on arrivals, so any ``n`` consecutive sends must still be a whole window (plus the
+    margin) apart.
+    """
+    hook = Hook()
+    batch([row(i) for i in range(8)], hook, UnevenStore(), concurrency=4, max_rate=(2, 0.4))
+    times = sorted(t for t, _ in hook.sends)
+    assert len(times) == 8
+    gaps = [times[k + 2] - times[k] for k in range(len(times) - 2)]
+    assert min(gaps) >= 0.4 + PACE_MARGIN - 0.005, gaps
+
+
+def test_a_place_given_ahead_of_its_time_is_counted_in_the_rows_in_flight_window() -> None:
+    """
+    A row given its place up to PACE_LEAD early writes its entry, then waits out the rest before it
+    sends: the entry's window must cover that wait, or a retry would look too early.
+    """
+    hook, store = WallClockHook(), UnevenStore()
+    rows = [row(i) for i in range(4)]
+    batch(rows, hook, store, concurrency=2, max_rate=(1, 0.3))
+    waited = 0.0
+    for r in rows:
+        index, email = str(r.index), r.payload["email"]
+        stored_at, entry = next(
+            (at, value[index]) for at, value in store.ended if value.get(index, [""])[0] == "s"
+        )
+        sent_at, window = entry[3], entry[4]
+        extra = window - Hook.request_window
+        waited = max(waited, hook.sent_wall[email] - stored_at)
+        # Past the write itself (sent_at is taken before it), the send comes at most `extra` later.
+        assert hook.sent_wall[email] - stored_at <= extra + 0.01, (r.index, entry, sent_at)
+    assert waited > 0.03  # the test saw rows wait after their write, as a place given ahead makes them
 
 
 def test_a_stop_wakes_rows_waiting_for_a_long_pause_and_sends_nothing_more() -> None:
