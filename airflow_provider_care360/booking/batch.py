@@ -307,6 +307,10 @@ class Pacer:
         with self._lock:
             self.paused_until = max(self.paused_until, self._now() + max(0.0, seconds))
 
+    def now(self) -> float:
+        """This pacer's clock (monotonic)."""
+        return self._now()
+
     def pause_left(self) -> float:
         return max(0.0, self.paused_until - self._now())
 
@@ -389,9 +393,9 @@ class PacedHook:
     def before_booking(self) -> None:
         """The engine's ``before_send``: wait for a place to send (ahead of the in-flight entry)."""
         self.release()
-        now = time.monotonic()
         self._at = self._pacer.before_booking()
-        self._ahead = max(0.0, self._at - now)
+        # From the moment the place was given, not from before the wait for it: at most PACE_LEAD.
+        self._ahead = max(0.0, self._at - self._pacer.now())
         self._holding = True
 
     def at_send(self) -> None:

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from airflow_provider_care360._responses import AtInstant, read_at_instant
-from airflow_provider_care360.booking.batch import PACE_MARGIN, ROWS_PER_KEY, BatchJournal, Row, run_batch
+from airflow_provider_care360.booking.batch import (
+    PACE_LEAD,
+    PACE_MARGIN,
+    ROWS_PER_KEY,
+    BatchJournal,
+    Row,
+    run_batch,
+)
 from airflow_provider_care360.booking.engine import BookingOptions
 from airflow_provider_care360.booking.journal import fingerprint
 from airflow_provider_care360.exceptions import Care360AuthError, Care360RateLimitError
@@ -186,6 +193,15 @@ def test_a_place_given_ahead_of_its_time_is_counted_in_the_rows_in_flight_window
         # Past the write itself (sent_at is taken before it), the send comes at most `extra` later.
         assert hook.sent_wall[email] - stored_at <= extra + 0.01, (r.index, entry, sent_at)
     assert waited > 0.03  # the test saw rows wait after their write, as a place given ahead makes them
+
+
+def test_the_wait_for_a_place_is_not_counted_in_the_in_flight_window_only_the_lead() -> None:
+    """A row that waited for its turn (the pace, a 429 pause): its window grows by the lead only."""
+    hook, store = Hook([Care360RateLimitError("429", retry_after=1, summary="429")]), Store()
+    batch([row(i) for i in range(3)], hook, store, concurrency=1, max_rate=(1, 0.5))
+    windows = [v[k][4] for _, _, v in store.writes if v for k in v if v[k][0] == "s"]
+    assert len(windows) >= 4  # the 429's try, its resend after the pause, and two rows paced 0.5 s
+    assert max(windows) <= Hook.request_window + PACE_LEAD + 0.01, windows
 
 
 def test_a_stop_wakes_rows_waiting_for_a_long_pause_and_sends_nothing_more() -> None:
