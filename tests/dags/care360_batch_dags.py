@@ -32,6 +32,8 @@ for dag_id, extra, retries in (
     ("care360_tb_defer", {"max_sleep": 1, "deferrable": True}, 0),
     # The same wait without deferral: the try ends, and the retry books the rest.
     ("care360_tb_no_defer", {"max_sleep": 1, "deferrable": False}, 2),
+    # Paced to a known limit of 3 bookings a second: no 429 is spent.
+    ("care360_tb_paced", {"max_sleep": 5, "deferrable": False, "max_rate": (3, 1.0)}, 0),
 ):
     with DAG(
         dag_id,

@@ -65,6 +65,21 @@ def test_a_burst_of_429s_pauses_the_whole_batch_and_books_everything_in_one_try(
     assert 1 <= len(throttled) <= 4 * 3
 
 
+def test_max_rate_at_the_limit_spends_no_429_and_spaces_the_arrivals_a_window_apart(simulator: Any) -> None:
+    """The limit counts arrivals: any three bookings (the limit) arrive at least a window apart."""
+    simulator.rate_limit, simulator.rate_window = 3, 1.0
+    batch = rows(10, days=9)
+    result = run_dag("care360_tb_paced", {"rows": batch}, folder=_folder())
+
+    ti = result.ti("book")
+    assert (state_of(ti), ti.try_number) == ("success", 1)
+    assert xcom_value(result, "book")["counts"] == {"booked": 10}
+    assert sorted(b["email"] for b in simulator.bookings) == [r["email"] for r in batch]
+    assert [r["status"] for r in simulator.booking_requests] == [200] * 10  # not one 429
+    arrivals = sorted(r["at"] for r in simulator.booking_requests)
+    assert min(arrivals[k + 3] - arrivals[k] for k in range(len(arrivals) - 3)) >= 1.0
+
+
 def test_a_quota_makes_the_batch_defer_and_resume_where_it_stopped(simulator: Any, capfd: Any) -> None:
     simulator.quota, simulator.quota_window = 3, 4.0  # X-RateLimit-* only, a wait past max_sleep
     batch = rows(5, days=6)
